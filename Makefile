@@ -1,0 +1,39 @@
+# ki67node: `make run` starts the daemon, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config/ki67node.toml
+PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints-cpu.txt
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typecheck venv dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints-cpu.txt
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints-cpu.txt
+	$(PIP) -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+venv: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+run: $(VENV)/.installed
+	$(BIN)/ki67node serve --config $(CONFIG)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check daemon ai_core dicom_out tests bench
+	$(BIN)/ruff format --check daemon ai_core dicom_out tests bench
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

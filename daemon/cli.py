@@ -1,0 +1,119 @@
+"""The ``ki67node`` command line: one entry point, one subcommand per task.
+
+Exit codes: 0 success, 1 error (message on stderr, no traceback unless
+``--debug``), 2 usage error. Logging is configured here, once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from daemon import DISCLAIMER, __version__
+from daemon.errors import ConfigError, NodeError
+from daemon.settings import Settings, default_config_path, load_settings
+
+log = logging.getLogger("ki67node")
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    path = Path(args.config) if args.config else default_config_path()
+    if not args.config and not path.exists():
+        return load_settings(None)  # embedded defaults
+    return load_settings(path)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom logs dataset contents (patient names) at DEBUG and whole
+    # PDU summaries at INFO; keep it at WARNING unless we debug.
+    if level.upper() != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        for key, msg in exc.problems:
+            print(f"{key}: {msg}", file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"configuration OK (data_dir={settings.data_dir}, database={_safe_url(settings)})")
+    return 0
+
+
+def _safe_url(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    setup_logging(settings.logging.level if not args.debug else "DEBUG")
+    from daemon.serve import serve
+
+    return serve(settings)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    from daemon.status import collect_status, format_status
+
+    report = collect_status(settings)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(format_status(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ki67node",
+        description=f"ki67node {__version__}: Ki-67 prediction DICOM node ({DISCLAIMER}).",
+    )
+    parser.add_argument("--version", action="version", version=f"ki67node {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", help="TOML configuration (default: config/ki67node.toml)")
+        p.set_defaults(func=func)
+        return p
+
+    add("serve", cmd_serve, "run the daemon: DICOM listener, workers, scheduler, HTTP status")
+    add("check-config", cmd_check_config, "validate the configuration and print every problem")
+    p = add("status", cmd_status, "counts of series and jobs by state, outbox backlog, last errors")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"ki67node: {exc}", file=sys.stderr)
+        return 1
+    except NodeError as exc:
+        if args.debug:
+            raise
+        print(f"ki67node: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

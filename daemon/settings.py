@@ -1,0 +1,396 @@
+"""Settings: TOML file + ``KI67NODE_<SECTION>__<KEY>`` environment overrides.
+
+The file is validated as a whole into frozen dataclasses; every problem is
+reported with its key (``ki67node check-config``). Unknown keys are errors, not
+silently ignored, so a typo never falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import ConfigError
+
+ENV_PREFIX = "KI67NODE_"
+_AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
+_AE_FORBIDDEN = set("\\/*?\"'`$;|&<>")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    ae_title: str = "KI67NODE"
+    bind: str = "0.0.0.0"
+    port: int = 11112
+    data_dir: Path = Path("var")
+    allowed_calling_aets: tuple[str, ...] = ()
+    max_associations: int = 16
+    max_pdu_bytes: int = 4_194_304
+    max_instance_bytes: int = 536_870_912
+    acse_timeout_seconds: float = 30.0
+    dimse_timeout_seconds: float = 60.0
+    network_timeout_seconds: float = 60.0
+    other_storage: str = "ignore"  # ignore | refuse
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    enabled: bool = False
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+    handshake_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = ""
+    busy_timeout_ms: int = 30_000
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    series_stable_seconds: float = 10.0
+    sweep_interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    max_slice_thickness_mm: float = 1.5
+    require_contrast: bool = True
+    contrast_keywords: tuple[str, ...] = ("+c", "gd", "post", "contrast", "kontrast", "ce", "km")
+    min_slices: int = 64
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    device: str = "auto"
+    model_dir: str = ""
+    workers: int = 1
+    job_max_attempts: int = 3
+    job_retry_backoff_seconds: float = 30.0
+    job_timeout_seconds: float = 1800.0
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    type: str  # dicom | folder
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class FollowupSettings:
+    max_diameter_mm: float = 30.0
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 8081
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    filter: FilterSettings = field(default_factory=FilterSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    destinations: tuple[Destination, ...] = ()
+    followup: FollowupSettings = field(default_factory=FollowupSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+    # Derived paths: everything the node writes lives under data_dir.
+    @property
+    def data_dir(self) -> Path:
+        return self.node.data_dir
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.node.data_dir / "spool"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.node.data_dir / "outbox"
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.node.data_dir / 'ki67node.db').as_posix()}"
+
+
+_SECTIONS: dict[str, type] = {
+    "node": NodeSettings,
+    "tls": TlsSettings,
+    "database": DatabaseSettings,
+    "ingest": IngestSettings,
+    "filter": FilterSettings,
+    "pipeline": PipelineSettings,
+    "followup": FollowupSettings,
+    "http": HttpSettings,
+    "logging": LoggingSettings,
+}
+
+
+def default_config_path() -> Path:
+    """The config the CLI uses when ``--config`` is not given."""
+    env = os.environ.get("KI67NODE_CONFIG")
+    if env:
+        return Path(env)
+    return Path("config/ki67node.toml")
+
+
+def load_settings(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Settings:
+    """Read, override and validate the configuration.
+
+    ``path`` None means "embedded defaults only". Relative ``data_dir`` is
+    resolved against ``base_dir`` (default: the current directory).
+    Raises :class:`ConfigError` listing every problem with its key.
+    """
+    raw: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([("--config", f"file {path} does not exist")]) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError([("--config", f"{path} is not valid TOML: {exc}")]) from None
+    _apply_env(raw, os.environ if env is None else env, problems)
+    settings = _build(raw, problems, base_dir or Path.cwd())
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings
+
+
+def _parse_env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list) -> None:
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].partition("__")
+        section, key = section.lower(), key.lower()
+        if section not in _SECTIONS:
+            problems.append((name, f"unknown section '{section}'"))
+            continue
+        raw.setdefault(section, {})[key] = _parse_env_value(value)
+
+
+def _coerce(key: str, value: Any, annotation: Any, problems: list) -> Any:
+    ann = str(annotation)
+    if ann == "bool":
+        if isinstance(value, bool):
+            return value
+        problems.append((key, f"must be true or false, got {value!r}"))
+    elif ann == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append((key, f"must be an integer, got {value!r}"))
+    elif ann == "float":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        problems.append((key, f"must be a number, got {value!r}"))
+    elif ann == "str":
+        if isinstance(value, str):
+            return value
+        problems.append((key, f"must be a string, got {value!r}"))
+    elif ann == "Path":
+        if isinstance(value, str) and value:
+            return Path(value)
+        problems.append((key, f"must be a non-empty path, got {value!r}"))
+    elif ann.startswith("tuple[str"):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        problems.append((key, f"must be a list of strings, got {value!r}"))
+    else:  # pragma: no cover - programming error
+        raise TypeError(f"unsupported settings type {ann} for {key}")
+    return None
+
+
+def _section(name: str, cls: type, raw: Any, problems: list) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        problems.append((name, "must be a table"))
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            problems.append((f"{name}.{key}", f"unknown key (known: {', '.join(fields)})"))
+            continue
+        coerced = _coerce(f"{name}.{key}", value, fields[key].type, problems)
+        if coerced is not None:
+            kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def _build(raw: dict[str, Any], problems: list, base_dir: Path) -> Settings | None:
+    known = set(_SECTIONS) | {"destinations"}
+    for key in raw:
+        if key not in known:
+            problems.append((key, f"unknown section (known: {', '.join(sorted(known))})"))
+    parts = {name: _section(name, cls, raw.get(name), problems) for name, cls in _SECTIONS.items()}
+    node: NodeSettings = parts["node"]
+    if not node.data_dir.is_absolute():
+        parts["node"] = node = dataclasses.replace(node, data_dir=base_dir / node.data_dir)
+    destinations = _destinations(raw.get("destinations", []), problems)
+    settings = Settings(destinations=destinations, **parts)
+    _validate(settings, problems)
+    return settings
+
+
+def _destinations(raw: Any, problems: list) -> tuple[Destination, ...]:
+    if not isinstance(raw, list):
+        problems.append(("destinations", "must be an array of tables ([[destinations]])"))
+        return ()
+    out: list[Destination] = []
+    names: set[str] = set()
+    allowed = {f.name for f in dataclasses.fields(Destination)}
+    for i, item in enumerate(raw):
+        key = f"destinations[{i}]"
+        if not isinstance(item, dict):
+            problems.append((key, "must be a table"))
+            continue
+        for k in item:
+            if k not in allowed:
+                problems.append(
+                    (f"{key}.{k}", f"unknown key (known: {', '.join(sorted(allowed))})")
+                )
+        name = item.get("name")
+        dtype = item.get("type")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            problems.append((f"{key}.name", "must be 1-64 letters, digits, '_', '.' or '-'"))
+            continue
+        if name in names:
+            problems.append((f"{key}.name", f"duplicate destination name '{name}'"))
+        names.add(name)
+        if dtype == "dicom":
+            ae, host, port = item.get("ae_title"), item.get("host"), item.get("port")
+            if not isinstance(ae, str) or not _valid_ae(ae):
+                problems.append((f"{key}.ae_title", "must be 1-16 printable ASCII characters"))
+                ae = ""
+            if not isinstance(host, str) or not host:
+                problems.append((f"{key}.host", "must be a host name or address"))
+                host = ""
+            if not isinstance(port, int) or not 1 <= port <= 65535:
+                problems.append((f"{key}.port", "must be an integer 1-65535"))
+                port = 0
+            out.append(Destination(name=name, type="dicom", ae_title=ae, host=host, port=port))
+        elif dtype == "folder":
+            path = item.get("path", "")
+            if not isinstance(path, str):
+                problems.append((f"{key}.path", "must be a string"))
+                path = ""
+            out.append(Destination(name=name, type="folder", path=path))
+        else:
+            problems.append((f"{key}.type", f"must be 'dicom' or 'folder', got {dtype!r}"))
+    return tuple(out)
+
+
+def _valid_ae(ae: str) -> bool:
+    return bool(_AE_RE.fullmatch(ae)) and bool(ae.strip()) and not (set(ae) & _AE_FORBIDDEN)
+
+
+def _check_port(key: str, port: int, problems: list) -> None:
+    if not 0 <= port <= 65535:
+        problems.append((key, "must be 0-65535 (0 = pick a free port)"))
+
+
+def _check_bind(key: str, bind: str, problems: list) -> None:
+    try:
+        ipaddress.ip_address(bind)
+    except ValueError:
+        if bind != "localhost":
+            problems.append((key, f"must be an IP address, got {bind!r}"))
+
+
+def _validate(s: Settings, problems: list) -> None:
+    n = s.node
+    if not _valid_ae(n.ae_title):
+        problems.append(
+            ("node.ae_title", "must be 1-16 printable ASCII characters, no \\ / * ? quotes")
+        )
+    for ae in n.allowed_calling_aets:
+        if not _valid_ae(ae):
+            problems.append(("node.allowed_calling_aets", f"invalid AE title {ae!r}"))
+    _check_bind("node.bind", n.bind, problems)
+    _check_port("node.port", n.port, problems)
+    if not 1 <= n.max_associations <= 256:
+        problems.append(("node.max_associations", "must be 1-256"))
+    if not 16_384 <= n.max_pdu_bytes <= 64 * 1024 * 1024:
+        problems.append(("node.max_pdu_bytes", "must be between 16384 and 67108864"))
+    if n.max_instance_bytes < 1024:
+        problems.append(("node.max_instance_bytes", "must be at least 1024"))
+    for key in ("acse_timeout_seconds", "dimse_timeout_seconds", "network_timeout_seconds"):
+        if not 0 < getattr(n, key) <= 3600:
+            problems.append((f"node.{key}", "must be > 0 and <= 3600"))
+    if n.other_storage not in ("ignore", "refuse"):
+        problems.append(("node.other_storage", "must be 'ignore' or 'refuse'"))
+    if s.tls.enabled:
+        for key in ("cert_file", "key_file", "ca_file"):
+            value = getattr(s.tls, key)
+            if not value:
+                problems.append((f"tls.{key}", "required when tls.enabled = true"))
+            elif not Path(value).is_file():
+                problems.append((f"tls.{key}", f"file {value} does not exist"))
+    if not 0 < s.tls.handshake_timeout_seconds <= 120:
+        problems.append(("tls.handshake_timeout_seconds", "must be > 0 and <= 120"))
+    url = s.database.url
+    if url and not (url.startswith("sqlite:///") or url.startswith("postgresql+psycopg://")):
+        problems.append(("database.url", "must start with sqlite:/// or postgresql+psycopg://"))
+    if s.ingest.series_stable_seconds < 0:
+        problems.append(("ingest.series_stable_seconds", "must be >= 0"))
+    if not 0 < s.ingest.sweep_interval_seconds <= 60:
+        problems.append(("ingest.sweep_interval_seconds", "must be > 0 and <= 60"))
+    if s.filter.max_slice_thickness_mm <= 0:
+        problems.append(("filter.max_slice_thickness_mm", "must be > 0"))
+    p = s.pipeline
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", p.device):
+        problems.append(("pipeline.device", "must be auto, cpu, cuda or cuda:N"))
+    if p.model_dir and not Path(p.model_dir).is_dir():
+        problems.append(("pipeline.model_dir", f"folder {p.model_dir} does not exist"))
+    if not 0 <= p.workers <= 32:
+        problems.append(("pipeline.workers", "must be 0-32 (0 = queue only, no local workers)"))
+    if not 1 <= p.job_max_attempts <= 20:
+        problems.append(("pipeline.job_max_attempts", "must be 1-20"))
+    if p.job_retry_backoff_seconds < 0:
+        problems.append(("pipeline.job_retry_backoff_seconds", "must be >= 0"))
+    if p.job_timeout_seconds <= 0:
+        problems.append(("pipeline.job_timeout_seconds", "must be > 0"))
+    if not 0 < s.followup.max_diameter_mm <= 200:
+        problems.append(("followup.max_diameter_mm", "must be > 0 and <= 200"))
+    _check_bind("http.bind", s.http.bind, problems)
+    _check_port("http.port", s.http.port, problems)
+    if s.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        problems.append(("logging.level", "must be DEBUG, INFO, WARNING or ERROR"))

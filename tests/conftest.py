@@ -1,0 +1,78 @@
+"""Shared fixtures: settings in a temporary data_dir, free ports, real peers."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.settings import Settings, load_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_tool(name: str) -> str:
+    """Path of a real peer program; skip without it, or fail in CI."""
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} is not installed (apt-get install dcmtk orthanc dicom3tools)"
+        if os.environ.get("KI67NODE_REQUIRE_PEERS"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings with data_dir under tmp_path; ``section__key=value`` overrides."""
+
+    def factory(**overrides: Any) -> Settings:
+        env = {"KI67NODE_NODE__DATA_DIR": f'"{tmp_path / "data"}"'}
+        env["KI67NODE_NODE__PORT"] = "0"
+        env["KI67NODE_HTTP__PORT"] = "0"
+        env["KI67NODE_HTTP__BIND"] = '"127.0.0.1"'
+        for key, value in overrides.items():
+            section, _, name = key.partition("__")
+            env[f"KI67NODE_{section.upper()}__{name.upper()}"] = _toml(value)
+        return load_settings(None, env=env)
+
+    return factory
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def pg_url() -> str:
+    url = os.environ.get("KI67NODE_TEST_PG_URL")
+    if not url:
+        if os.environ.get("KI67NODE_REQUIRE_PEERS"):
+            pytest.fail("KI67NODE_TEST_PG_URL is not set (.ci/run starts PostgreSQL)")
+        pytest.skip("no PostgreSQL server (set KI67NODE_TEST_PG_URL)")
+    return url
+
+
+def with_destinations(s: Settings, *dests: Any) -> Settings:
+    return dataclasses.replace(s, destinations=tuple(dests))
