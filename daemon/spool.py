@@ -10,10 +10,10 @@ commit), so an acknowledged instance is never lost.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -44,45 +44,20 @@ class Spool:
             folder.mkdir(parents=True, exist_ok=True)
 
     # -- writing -----------------------------------------------------------
-    def write(self, chunks: Iterable[bytes], *, quarantine: bool = False) -> StoredFile:
-        """Write ``chunks`` as one new file; return its server-made name.
+    def open_temp(self) -> SpoolTemp:
+        """Start a new file in the temp folder; publish it with ``commit``."""
+        return SpoolTemp(self)
 
-        Raises :class:`SpoolError` (disk full, permissions) with nothing left
-        behind.
-        """
-        now = dt.datetime.now(dt.UTC)
-        folder_rel = "quarantine" if quarantine else now.strftime("%Y%m%d")
-        name = f"{uuid.uuid4().hex}.dcm"
-        folder = self.root / folder_rel
-        tmp = self.tmp_dir / f"{name}.part"
-        digest = hashlib.sha256()
-        size = 0
+    def write(self, chunks: Iterable[bytes], *, quarantine: bool = False) -> StoredFile:
+        """Write ``chunks`` as one new file; return its server-made name."""
+        temp = self.open_temp()
         try:
-            new_folder = not folder.is_dir()
-            if new_folder:
-                folder.mkdir(parents=True, exist_ok=True)
-                _fsync_dir(self.root)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    digest.update(view)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                    size += len(chunk)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, folder / name)
-            _fsync_dir(folder)
-        except OSError as exc:
-            _unlink_quietly(tmp)
-            raise SpoolError(
-                f"could not write to the spool at {self.root}: {exc.strerror or exc}. "
-                "Free disk space or fix the folder's permissions."
-            ) from exc
-        return StoredFile(f"{folder_rel}/{name}", size, digest.hexdigest())
+            for chunk in chunks:
+                temp.write(chunk)
+            return temp.commit(quarantine=quarantine)
+        except BaseException:
+            temp.discard()
+            raise
 
     # -- reading -----------------------------------------------------------
     def path_of(self, relpath: str) -> Path:
@@ -91,6 +66,17 @@ class Spool:
         if self.root not in path.parents:
             raise SpoolError(f"refusing path outside the spool: {relpath!r}")
         return path
+
+    def quarantine(self, relpath: str) -> str:
+        """Move a published file into the quarantine folder; return its new relpath."""
+        source = self.path_of(relpath)
+        target = self.quarantine_dir / source.name
+        try:
+            os.rename(source, target)
+            _fsync_dir(self.quarantine_dir)
+        except OSError as exc:
+            raise _spool_error(self.root, exc) from exc
+        return f"quarantine/{source.name}"
 
     def delete(self, relpath: str) -> None:
         _unlink_quietly(self.path_of(relpath))
@@ -126,6 +112,90 @@ class Spool:
             return True
         except OSError:
             return False
+
+
+class SpoolTemp:
+    """A file being received: streamed to ``.tmp``, hashed on the way.
+
+    ``commit`` makes it durable and visible (fsync, rename, fsync folder);
+    ``discard`` removes it. Errors become :class:`SpoolError` and leave
+    nothing behind.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.name = f"{uuid.uuid4().hex}.dcm"
+        self.path = spool.tmp_dir / f"{self.name}.part"
+        self.size = 0
+        self._digest = hashlib.sha256()
+        try:
+            self._fd: int | None = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640
+            )
+        except OSError as exc:
+            raise _spool_error(spool.root, exc) from exc
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._fd is None:
+            raise SpoolError("write to a closed spool file")
+        view = memoryview(data)
+        self._digest.update(view)
+        self.size += len(view)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self.discard()
+            raise _spool_error(self.spool.root, exc) from exc
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def flush(self) -> None:
+        """fsync the bytes written so far (they can then be parsed by path)."""
+        if self._fd is None:
+            raise SpoolError("flush of a closed spool file")
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+        except OSError as exc:
+            self.discard()
+            raise _spool_error(self.spool.root, exc) from exc
+        self._fd = None
+
+    def commit(self, *, quarantine: bool = False) -> StoredFile:
+        if self._fd is not None:
+            self.flush()
+        folder_rel = "quarantine" if quarantine else time.strftime("%Y%m%d", time.gmtime())
+        folder = self.spool.root / folder_rel
+        try:
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(self.spool.root)
+            os.rename(self.path, folder / self.name)
+            _fsync_dir(folder)
+        except OSError as exc:
+            self.discard()
+            raise _spool_error(self.spool.root, exc) from exc
+        return StoredFile(f"{folder_rel}/{self.name}", self.size, self.sha256)
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        _unlink_quietly(self.path)
+
+
+def _spool_error(root: Path, exc: OSError) -> SpoolError:
+    return SpoolError(
+        f"could not write to the spool at {root}: {exc.strerror or exc}. "
+        "Free disk space or fix the folder's permissions."
+    )
 
 
 def sha256_file(path: Path) -> str:

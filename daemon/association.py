@@ -1,0 +1,403 @@
+"""One accepted DICOM association: negotiation, then C-ECHO and C-STORE.
+
+A lean acceptor built for intake: every PDU length is checked against a
+cap before anything is allocated, every read has a deadline (a slow or
+silent peer is dropped), and a dataset is streamed straight into a spool
+temp file as its fragments arrive, so memory stays bounded by one PDU.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+from daemon import metrics
+from daemon.dimse import (
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    MAX_COMMAND_BYTES,
+    TAG_AFFECTED_SOP_CLASS,
+    TAG_AFFECTED_SOP_INSTANCE,
+    Command,
+    decode_command,
+    echo_response,
+    generic_failure_response,
+    store_response,
+)
+from daemon.dimse_status import Status, is_failure
+from daemon.errors import SpoolError
+from daemon.ingest import IngestStore, valid_uid
+from daemon.spool import Spool, SpoolTemp
+from daemon.ul_pdu import (
+    APPLICATION_CONTEXT,
+    PC_ABSTRACT_NOT_SUPPORTED,
+    PC_ACCEPT,
+    PC_TRANSFER_NOT_SUPPORTED,
+    PDU_ABORT,
+    PDU_ASSOCIATE_RQ,
+    PDU_P_DATA,
+    PDU_RELEASE_RQ,
+    PDU_TYPES,
+    RJ_ACSE_PROTOCOL_VERSION,
+    RJ_PERMANENT,
+    RJ_SOURCE_ACSE,
+    RJ_SOURCE_USER,
+    RJ_USER_APP_CONTEXT,
+    RJ_USER_CALLING_AE,
+    AssociateRequest,
+    ProtocolError,
+    encode_abort,
+    encode_associate_ac,
+    encode_associate_rj,
+    encode_pdata,
+    encode_release_rp,
+    iter_pdvs,
+    parse_associate_rq,
+    unpack_header,
+)
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTATION_CLASS_UID = "2.25.231874829155327340129874467231109821447"
+IMPLEMENTATION_VERSION = "KI67NODE_010"
+VERIFICATION = "1.2.840.10008.1.1"
+MAX_ASSOCIATE_RQ_BYTES = 1_048_576
+_META_PREFIX = b"\x00" * 128 + b"DICM"
+
+
+@dataclass(frozen=True)
+class AcceptorConfig:
+    """What the acceptor negotiates and how long it waits."""
+
+    ae_title: str
+    abstract_syntaxes: frozenset[str]
+    transfer_syntaxes: frozenset[str]
+    allowed_calling_aets: frozenset[str] = frozenset()
+    max_pdu: int = 4_194_304
+    max_instance_bytes: int = 536_870_912
+    acse_timeout: float = 30.0
+    network_timeout: float = 60.0
+
+
+class PeerGone(Exception):
+    """The connection closed or timed out."""
+
+
+@dataclass
+class _Message:
+    context_id: int
+    command_bytes: bytearray = field(default_factory=bytearray)
+    command: Command | None = None
+    temp: SpoolTemp | None = None
+    dataset_bytes: int = 0
+    reject: tuple[int, str] | None = None
+
+
+def _short_text(tag: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _even(raw: bytes, pad: bytes) -> bytes:
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str) -> bytes:
+    """Preamble, 'DICM' and the File Meta group, encoded directly (PS3.10 §7.1)."""
+    elements = (
+        struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2)
+        + b"\x00\x01"
+        + _short_text(0x00020002, b"UI", _even(sop_class.encode(), b"\x00"))
+        + _short_text(0x00020003, b"UI", _even(sop_instance.encode(), b"\x00"))
+        + _short_text(0x00020010, b"UI", _even(transfer_syntax.encode(), b"\x00"))
+        + _short_text(0x00020012, b"UI", _even(IMPLEMENTATION_CLASS_UID.encode(), b"\x00"))
+        + _short_text(0x00020013, b"SH", _even(IMPLEMENTATION_VERSION.encode(), b" "))
+    )
+    if source_ae:
+        elements += _short_text(0x00020016, b"AE", _even(source_ae.encode(), b" "))
+    group_length = _short_text(0x00020000, b"UL", struct.pack("<L", len(elements)))
+    return _META_PREFIX + group_length + elements
+
+
+def safe_ae(text: str) -> str:
+    """An AE title fit for a file header: printable ASCII, no backslash, ≤ 16."""
+    cleaned = "".join(c for c in text if 0x20 <= ord(c) < 0x7F and c != "\\").strip()
+    return cleaned[:16]
+
+
+class AcceptorAssociation:
+    """Runs one association on an already accepted (and TLS-wrapped) socket."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        config: AcceptorConfig,
+        ingest: IngestStore,
+        spool: Spool,
+        peer: str,
+    ) -> None:
+        self.sock = sock
+        self.config = config
+        self.ingest = ingest
+        self.spool = spool
+        self.peer = peer
+        self.calling_ae = ""
+        self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract, transfer)
+        self._message: _Message | None = None
+        self.stored = 0
+        self.stopping = False
+
+    # -- socket I/O with deadlines -------------------------------------------
+    def _recv_exact(self, size: int, deadline: float) -> memoryview:
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PeerGone("read deadline passed")
+            self.sock.settimeout(remaining)
+            try:
+                n = self.sock.recv_into(view[got:], size - got)
+            except TimeoutError:
+                raise PeerGone("peer too slow") from None
+            except OSError as exc:
+                raise PeerGone(str(exc)) from None
+            if n == 0:
+                raise PeerGone("connection closed by peer")
+            got += n
+        return view
+
+    def _read_pdu(self, timeout: float, max_body: int) -> tuple[int, memoryview]:
+        deadline = time.monotonic() + timeout
+        pdu_type, length = unpack_header(bytes(self._recv_exact(6, deadline)))
+        if pdu_type not in PDU_TYPES:
+            raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}")
+        if length > max_body:
+            raise ProtocolError(f"PDU of {length} bytes exceeds the limit of {max_body}")
+        # The body gets its own deadline: a PDU must arrive within the timeout.
+        body = self._recv_exact(length, time.monotonic() + self.config.network_timeout)
+        return pdu_type, body
+
+    def _send(self, data: bytes) -> None:
+        self.sock.settimeout(self.config.network_timeout)
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise PeerGone(str(exc)) from None
+
+    # -- the association --------------------------------------------------------
+    def run(self) -> str:
+        """Serve until release/abort/timeout; return how it ended."""
+        outcome = "closed"
+        try:
+            pdu_type, body = self._read_pdu(self.config.acse_timeout, MAX_ASSOCIATE_RQ_BYTES)
+            if pdu_type != PDU_ASSOCIATE_RQ:
+                raise ProtocolError("expected A-ASSOCIATE-RQ")
+            rq = parse_associate_rq(bytes(body))
+            if not self._negotiate(rq):
+                return "rejected"
+            outcome = self._serve()
+        except ProtocolError as exc:
+            log.warning("protocol error from %s: %s; aborting", self.peer, exc)
+            metrics.REJECTIONS.labels(reason="protocol_error").inc()
+            self._try_send(encode_abort(reason=2))
+            outcome = "aborted"
+        except PeerGone as exc:
+            log.info("association with %s ended: %s", self.peer, exc)
+            outcome = "dropped"
+        finally:
+            self._drop_message()
+        return outcome
+
+    def _try_send(self, data: bytes) -> None:
+        try:
+            self._send(data)
+        except PeerGone:
+            pass
+
+    def _negotiate(self, rq: AssociateRequest) -> bool:
+        self.calling_ae = safe_ae(rq.calling_ae)
+        reject: tuple[int, int, int] | None = None
+        if not rq.protocol_version & 1:
+            reject = (RJ_PERMANENT, RJ_SOURCE_ACSE, RJ_ACSE_PROTOCOL_VERSION)
+        elif rq.application_context != APPLICATION_CONTEXT:
+            reject = (RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_APP_CONTEXT)
+        elif (
+            self.config.allowed_calling_aets
+            and rq.calling_ae not in self.config.allowed_calling_aets
+        ):
+            reject = (RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_CALLING_AE)
+        if reject is not None:
+            metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
+            metrics.REJECTIONS.labels(reason="association_rejected").inc()
+            log.warning("association from %s rejected (reason %s)", self.peer, reject)
+            self._try_send(encode_associate_rj(*reject))
+            return False
+        results: list[tuple[int, int, str]] = []
+        for pc in rq.contexts:
+            if pc.abstract_syntax not in self.config.abstract_syntaxes:
+                results.append((pc.context_id, PC_ABSTRACT_NOT_SUPPORTED, ""))
+                continue
+            chosen = next(
+                (t for t in pc.transfer_syntaxes if t in self.config.transfer_syntaxes), ""
+            )
+            if not chosen:
+                results.append((pc.context_id, PC_TRANSFER_NOT_SUPPORTED, ""))
+                continue
+            results.append((pc.context_id, PC_ACCEPT, chosen))
+            self.contexts[pc.context_id] = (pc.abstract_syntax, chosen)
+        self._send(
+            encode_associate_ac(
+                rq,
+                results,
+                max_pdu=self.config.max_pdu,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version=IMPLEMENTATION_VERSION,
+            )
+        )
+        metrics.ASSOCIATIONS.labels(outcome="accepted").inc()
+        return True
+
+    def _serve(self) -> str:
+        while True:
+            pdu_type, body = self._read_pdu(self.config.network_timeout, self.config.max_pdu + 6)
+            if pdu_type == PDU_P_DATA:
+                self._on_pdata(body)
+            elif pdu_type == PDU_RELEASE_RQ:
+                self._drop_message()
+                self._try_send(encode_release_rp())
+                return "released"
+            elif pdu_type == PDU_ABORT:
+                return "aborted by peer"
+            else:
+                raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X} in an association")
+
+    # -- P-DATA ------------------------------------------------------------
+    def _on_pdata(self, body: memoryview) -> None:
+        for context_id, control, fragment in iter_pdvs(body):
+            if context_id not in self.contexts:
+                raise ProtocolError(f"PDV on presentation context {context_id} not accepted")
+            is_command, is_last = bool(control & 1), bool(control & 2)
+            msg = self._message
+            if is_command:
+                if msg is None:
+                    msg = self._message = _Message(context_id)
+                if msg.command is not None or msg.context_id != context_id:
+                    raise ProtocolError("command fragment while a dataset was expected")
+                if len(msg.command_bytes) + len(fragment) > MAX_COMMAND_BYTES:
+                    raise ProtocolError("DIMSE command set too large")
+                msg.command_bytes += fragment
+                if is_last:
+                    msg.command = decode_command(bytes(msg.command_bytes))
+                    self._on_command(msg)
+            else:
+                if msg is None or msg.command is None or msg.context_id != context_id:
+                    raise ProtocolError("dataset fragment without its command")
+                self._on_dataset_fragment(msg, fragment)
+                if is_last:
+                    self._finish_store(msg)
+
+    def _on_command(self, msg: _Message) -> None:
+        command = msg.command
+        assert command is not None
+        field_ = command.command_field
+        abstract, transfer = self.contexts[msg.context_id]
+        if field_ == C_ECHO_RQ and not command.has_dataset:
+            self._reply(msg, echo_response(message_id=command.message_id, sop_class=VERIFICATION))
+            return
+        if field_ != C_STORE_RQ:
+            if command.has_dataset:
+                msg.reject = (Status.UNRECOGNIZED_OPERATION, "operation not supported")
+                return
+            self._reply(msg, generic_failure_response(command, Status.UNRECOGNIZED_OPERATION))
+            return
+        sop_class = command.text(TAG_AFFECTED_SOP_CLASS) or ""
+        sop_instance = command.text(TAG_AFFECTED_SOP_INSTANCE) or ""
+        if not valid_uid(sop_instance) or not valid_uid(sop_class):
+            msg.reject = (Status.INVALID_UID, "invalid Affected SOP Class/Instance UID")
+        elif sop_class != abstract:
+            msg.reject = (
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOP Class differs from the presentation context",
+            )
+        if not command.has_dataset:
+            self._reply_store(msg, *(msg.reject or (Status.MISSING_ATTRIBUTE, "no data set")))
+            return
+        if msg.reject is None:
+            try:
+                msg.temp = self.spool.open_temp()
+                msg.temp.write(file_meta(sop_class, sop_instance, transfer, self.calling_ae))
+            except SpoolError as exc:
+                log.error("cannot open a spool file: %s", exc)
+                msg.temp = None
+                msg.reject = (Status.OUT_OF_RESOURCES, "spool unavailable")
+
+    def _on_dataset_fragment(self, msg: _Message, fragment: memoryview) -> None:
+        msg.dataset_bytes += len(fragment)
+        if msg.reject is not None:
+            return  # keep reading the sender's fragments, keep nothing
+        if msg.dataset_bytes > self.config.max_instance_bytes:
+            msg.reject = (Status.INSTANCE_TOO_LARGE, "instance exceeds node.max_instance_bytes")
+            self._drop_temp(msg)
+            return
+        assert msg.temp is not None
+        try:
+            msg.temp.write(fragment)
+        except SpoolError as exc:
+            log.error("spool write failed: %s", exc)
+            msg.temp = None
+            msg.reject = (Status.OUT_OF_RESOURCES, "spool write failed")
+
+    def _finish_store(self, msg: _Message) -> None:
+        started = time.perf_counter()
+        if msg.reject is not None:
+            self._drop_temp(msg)
+            metrics.REJECTIONS.labels(reason=Status(msg.reject[0]).name.lower()).inc()
+            self._reply_store(msg, *msg.reject)
+            return
+        assert msg.temp is not None and msg.command is not None
+        temp, msg.temp = msg.temp, None
+        try:
+            temp.flush()
+        except SpoolError as exc:
+            log.error("spool flush failed: %s", exc)
+            self._reply_store(msg, Status.OUT_OF_RESOURCES, "spool write failed")
+            return
+        outcome = self.ingest.store(
+            temp,
+            sop_class=msg.command.text(TAG_AFFECTED_SOP_CLASS) or "",
+            sop_instance=msg.command.text(TAG_AFFECTED_SOP_INSTANCE) or "",
+            calling_aet=self.calling_ae,
+        )
+        if not is_failure(outcome.status):
+            self.stored += 1
+        metrics.STORE_SECONDS.observe(time.perf_counter() - started)
+        self._reply_store(msg, outcome.status, outcome.comment)
+
+    def _reply_store(self, msg: _Message, status: int, comment: str = "") -> None:
+        assert msg.command is not None
+        response = store_response(
+            message_id=msg.command.message_id,
+            sop_class=msg.command.text(TAG_AFFECTED_SOP_CLASS) or "",
+            sop_instance=msg.command.text(TAG_AFFECTED_SOP_INSTANCE) or "",
+            status=int(status),
+            comment=comment if is_failure(status) else "",
+        )
+        self._reply(msg, response)
+
+    def _reply(self, msg: _Message, command_bytes: bytes) -> None:
+        self._message = None
+        self._send(encode_pdata(msg.context_id, 0x03, command_bytes))
+
+    def _drop_temp(self, msg: _Message) -> None:
+        if msg.temp is not None:
+            msg.temp.discard()
+            msg.temp = None
+
+    def _drop_message(self) -> None:
+        if self._message is not None:
+            self._drop_temp(self._message)
+            self._message = None
