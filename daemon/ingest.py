@@ -8,6 +8,7 @@ answers with a named failure status and leaves neither a file nor a row.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from collections.abc import Callable
@@ -24,12 +25,12 @@ from daemon import metrics
 from daemon.db.models import AuditEvent, Instance, QuarantinedInstance, Series, Study, utcnow
 from daemon.dimse_status import Status
 from daemon.errors import InvalidInstanceError, SpoolError
-from daemon.spool import Spool, SpoolTemp
+from daemon.spool import Spool, SpoolTemp, sha256_file
 
 log = logging.getLogger(__name__)
 
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-_LENIENT_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 def valid_uid(uid: object) -> bool:
@@ -38,11 +39,7 @@ def valid_uid(uid: object) -> bool:
     Leading zeros in components are tolerated (old modalities write them),
     anything else (letters, '/', '..', NUL, empty components) is not.
     """
-    return (
-        isinstance(uid, str)
-        and 0 < len(uid) <= 64
-        and bool(_LENIENT_UID_RE.fullmatch(uid) or _UID_RE.fullmatch(uid))
-    )
+    return isinstance(uid, str) and 0 < len(uid) <= 64 and bool(_UID_RE.fullmatch(uid))
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,7 @@ class IngestStore:
     ) -> StoreOutcome:
         """Validate and keep ``temp`` (already flushed); never raises."""
         try:
-            ds = self._read_header(temp.path)
+            ds = self._read_header(temp.path, bytes(temp.head), temp.size)
             header = self._validate(ds, sop_class, sop_instance)
         except InvalidInstanceError as exc:
             temp.discard()
@@ -151,8 +148,36 @@ class IngestStore:
             log.error("database write failed for %s: %s", sop_instance, exc.__class__.__name__)
             return StoreOutcome(Status.OUT_OF_RESOURCES, "database unavailable")
 
+    def index_existing(self, relpath: str) -> bool:
+        """Record a published spool file that has no row (start-up recovery)."""
+        path = self.spool.path_of(relpath)
+        try:
+            ds = self._read_header(path)
+            sop_instance = str(ds.get("SOPInstanceUID", ""))
+            header = self._validate(ds, str(ds.get("SOPClassUID", "")), sop_instance)
+        except InvalidInstanceError as exc:
+            log.error("spool file %s cannot be indexed (%s); left in place", relpath, exc)
+            return False
+        source_ae = str(ds.file_meta.get("SourceApplicationEntityTitle", "") or "")
+        outcome = self._record(
+            ds, header, relpath, path.stat().st_size, sha256_file(path), source_ae
+        )
+        return not outcome.duplicate
+
     @staticmethod
-    def _read_header(path: Path) -> pydicom.Dataset:
+    def _read_header(path: Path, head: bytes = b"", size: int = -1) -> pydicom.Dataset:
+        if head:
+            # The header usually lies within the first 64 KiB: parse it from
+            # memory. Elements are in ascending tag order, so once an element
+            # past group 0028 is seen, everything intake needs (groups
+            # 0002-0028) is complete; otherwise fall back to the file.
+            try:
+                ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True)
+                last_group = max((int(tag) >> 16 for tag in ds.keys()), default=0)
+                if len(head) == size or last_group > 0x0028:
+                    return ds
+            except Exception:  # noqa: BLE001, S110 - the file parse below decides
+                pass
         try:
             return pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, RecursionError, MemoryError) as exc:
@@ -234,6 +259,7 @@ class IngestStore:
                     ).rowcount
                 if touched != 1:
                     series_id = self._upsert_series(conn, ds, header)
+                assert series_id is not None
                 row["series"] = series_id
                 conn.exec_driver_sql(self._sql["insert_instance"], row)
         except IntegrityError:
@@ -314,6 +340,8 @@ class IngestStore:
             select(Series.id, Series.state).where(Series.series_uid == series_uid)
         ).first()
         expected = header.get("ImagesInAcquisition")
+        if str(ds.SOPClassUID) == ENHANCED_MR and (header.get("NumberOfFrames") or 0) > 1:
+            expected = 1  # one multi-frame instance carries the whole volume
         if row is None:
             return int(
                 conn.execute(

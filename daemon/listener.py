@@ -15,12 +15,12 @@ import ssl
 import threading
 import time
 
-from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import (
+from pydicom.uid import (
     EnhancedMRImageStorage,
     MRImageStorage,
     SegmentationStorage,
 )
+from pynetdicom.presentation import AllStoragePresentationContexts
 
 from daemon import metrics
 from daemon.association import (

@@ -23,7 +23,7 @@ from daemon.errors import SpoolError
 
 log = logging.getLogger(__name__)
 
-_DICOM_PREFIX = b"\x00" * 128 + b"DICM"
+HEAD_BYTES = 65_536
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ class SpoolTemp:
         self.name = f"{uuid.uuid4().hex}.dcm"
         self.path = spool.tmp_dir / f"{self.name}.part"
         self.size = 0
+        self.head = bytearray()  # the first HEAD_BYTES, kept to parse the header cheaply
         self._digest = hashlib.sha256()
         try:
             self._fd: int | None = os.open(
@@ -141,6 +142,8 @@ class SpoolTemp:
         view = memoryview(data)
         self._digest.update(view)
         self.size += len(view)
+        if len(self.head) < HEAD_BYTES:
+            self.head += view[: HEAD_BYTES - len(self.head)]
         try:
             while view:
                 written = os.write(self._fd, view)
@@ -158,7 +161,7 @@ class SpoolTemp:
         if self._fd is None:
             raise SpoolError("flush of a closed spool file")
         try:
-            os.fsync(self._fd)
+            os.fdatasync(self._fd)
             os.close(self._fd)
         except OSError as exc:
             self.discard()
