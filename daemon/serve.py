@@ -138,9 +138,8 @@ class Node:
         """Bring the database and the spool back in line after any stop."""
         self.spool.clean_temp()
         reconcile_spool(self.engine, self.spool, self.ingest)
-        orphans = self.queue.recover_orphans(set())
-        if orphans:
-            log.warning("re-queued %d job(s) left running by a previous process", orphans)
+        # Jobs left "running" by a previous process of this host are given
+        # back by WorkerSupervisor.start() (it knows this host's worker ids).
         self.tracker.rearm(receiving_series(self.engine))
         for series_id, revision in undecided(self.engine):
             decide(self.engine, self.spool, self.queue, self.settings.filter, series_id, revision)

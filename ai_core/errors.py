@@ -1,0 +1,20 @@
+"""Errors of ai_core: images in, numbers out, and a clear reason when not.
+
+ai_core imports neither ``daemon`` nor ``dicom_out``; the daemon maps these
+errors to its own (a :class:`VolumeError` becomes a non-retryable job error).
+"""
+
+from __future__ import annotations
+
+
+class AiCoreError(Exception):
+    """Base class of the errors ai_core raises on purpose."""
+
+
+class VolumeError(AiCoreError):
+    """The series cannot be made into one trustworthy 3D volume.
+
+    The message names the problem (missing slices, mixed orientations,
+    corrupt pixel data...) so that an admin can tell the sender what to fix.
+    Retrying with the same files gives the same error.
+    """
