@@ -65,7 +65,18 @@ class IngestSettings:
 class FilterSettings:
     max_slice_thickness_mm: float = 1.5
     require_contrast: bool = True
-    contrast_keywords: tuple[str, ...] = ("+c", "gd", "post", "contrast", "kontrast", "ce", "km")
+    contrast_keywords: tuple[str, ...] = (
+        "+c",
+        "gd",
+        "gad",
+        "gado",
+        "post",
+        "contrast",
+        "kontrast",
+        "ce",
+        "km",
+        "mdc",
+    )
     min_slices: int = 64
 
 
