@@ -22,6 +22,7 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from daemon import metrics
+from daemon.dataset_check import check_complete
 from daemon.db.models import AuditEvent, Instance, QuarantinedInstance, Series, Study, utcnow
 from daemon.dimse_status import Status
 from daemon.errors import InvalidInstanceError, SpoolError
@@ -127,6 +128,7 @@ class IngestStore:
         try:
             ds = self._read_header(temp.path, bytes(temp.head), temp.size)
             header = self._validate(ds, sop_class, sop_instance)
+            self._check_structure(temp.path, ds)
         except InvalidInstanceError as exc:
             temp.discard()
             metrics.REJECTIONS.labels(reason=Status(exc.status).name.lower()).inc()
@@ -155,6 +157,7 @@ class IngestStore:
             ds = self._read_header(path)
             sop_instance = str(ds.get("SOPInstanceUID", ""))
             header = self._validate(ds, str(ds.get("SOPClassUID", "")), sop_instance)
+            self._check_structure(path, ds)
         except InvalidInstanceError as exc:
             log.error("spool file %s cannot be indexed (%s); left in place", relpath, exc)
             return False
@@ -163,6 +166,12 @@ class IngestStore:
             ds, header, relpath, path.stat().st_size, sha256_file(path), source_ae
         )
         return not outcome.duplicate
+
+    @staticmethod
+    def _check_structure(path: Path, ds: pydicom.Dataset) -> None:
+        reason = check_complete(path, str(ds.file_meta.get("TransferSyntaxUID", "")))
+        if reason is not None:
+            raise InvalidInstanceError(f"data set incomplete: {reason}", Status.CANNOT_UNDERSTAND)
 
     @staticmethod
     def _read_header(path: Path, head: bytes = b"", size: int = -1) -> pydicom.Dataset:

@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 import time
+from contextlib import suppress
 
 from pydicom.uid import (
     EnhancedMRImageStorage,
@@ -173,6 +174,9 @@ class Listener:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting; let running associations finish their instance."""
         self._stop.set()
+        if self._sock is not None:
+            with suppress(OSError):  # wakes the accept() at once
+                self._sock.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=2)
         if self._sock is not None:
