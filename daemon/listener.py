@@ -25,6 +25,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from daemon import metrics
 from daemon.association import (
+    MAX_ASSOCIATE_RQ_BYTES,
     VERIFICATION,
     AcceptorAssociation,
     AcceptorConfig,
@@ -282,13 +283,22 @@ class Listener:
                 conn.settimeout(2.0)
                 header = conn.recv(6, socket.MSG_WAITALL)
                 if len(header) == 6:
-                    pdu_type, _length = unpack_header(header)
-                    if pdu_type == PDU_ASSOCIATE_RQ:
+                    pdu_type, length = unpack_header(header)
+                    if pdu_type == PDU_ASSOCIATE_RQ and length <= MAX_ASSOCIATE_RQ_BYTES:
+                        # Read the whole request so the peer sees the reject,
+                        # not a reset; bounded by the 2 s timeout and the cap.
+                        while length > 0:
+                            chunk = conn.recv(min(length, 65_536))
+                            if not chunk:
+                                break
+                            length -= len(chunk)
                         conn.sendall(
                             encode_associate_rj(
                                 RJ_TRANSIENT, RJ_SOURCE_PRESENTATION, RJ_PRESENTATION_LIMIT
                             )
                         )
+                        conn.shutdown(socket.SHUT_WR)
+                        conn.recv(1)  # wait (≤ 2 s) for the peer to close
         except (OSError, ProtocolError, PeerGone):
             pass
         finally:
