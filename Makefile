@@ -31,6 +31,7 @@ lint: $(VENV)/.installed-dev
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
+	$(BIN)/mypy --scripts-are-modules bench/ingest
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)

@@ -32,6 +32,7 @@ from daemon.errors import SpoolError
 from daemon.ingest import IngestStore, valid_uid
 from daemon.spool import Spool, SpoolTemp
 from daemon.ul_pdu import (
+    ABORT_SOURCE_USER,
     APPLICATION_CONTEXT,
     PC_ABSTRACT_NOT_SUPPORTED,
     PC_ACCEPT,
@@ -65,6 +66,7 @@ IMPLEMENTATION_CLASS_UID = "2.25.231874829155327340129874467231109821447"
 IMPLEMENTATION_VERSION = "KI67NODE_010"
 VERIFICATION = "1.2.840.10008.1.1"
 MAX_ASSOCIATE_RQ_BYTES = 1_048_576
+STOP_POLL_SECONDS = 0.25  # how often an idle association checks for a stop
 _META_PREFIX = b"\x00" * 128 + b"DICM"
 
 
@@ -84,6 +86,10 @@ class AcceptorConfig:
 
 class PeerGone(Exception):
     """The connection closed or timed out."""
+
+
+class NodeStopping(Exception):
+    """The node is shutting down; the association ends between messages."""
 
 
 @dataclass
@@ -150,18 +156,27 @@ class AcceptorAssociation:
         self.stopping = False
 
     # -- socket I/O with deadlines -------------------------------------------
-    def _recv_exact(self, size: int, deadline: float) -> memoryview:
+    def _recv_exact(self, size: int, deadline: float, *, idle: bool = False) -> memoryview:
+        """Read exactly ``size`` bytes before ``deadline``.
+
+        ``idle`` marks the wait between messages: there, a node that is
+        stopping ends the association instead of waiting for the peer.
+        """
         buf = bytearray(size)
         view = memoryview(buf)
         got = 0
         while got < size:
+            if idle and got == 0 and self.stopping and self._message is None:
+                raise NodeStopping()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PeerGone("read deadline passed")
-            self.sock.settimeout(remaining)
+            self.sock.settimeout(min(remaining, STOP_POLL_SECONDS) if idle else remaining)
             try:
                 n = self.sock.recv_into(view[got:], size - got)
             except TimeoutError:
+                if idle and got == 0:
+                    continue
                 raise PeerGone("peer too slow") from None
             except OSError as exc:
                 raise PeerGone(str(exc)) from None
@@ -172,7 +187,7 @@ class AcceptorAssociation:
 
     def _read_pdu(self, timeout: float, max_body: int) -> tuple[int, memoryview]:
         deadline = time.monotonic() + timeout
-        pdu_type, length = unpack_header(bytes(self._recv_exact(6, deadline)))
+        pdu_type, length = unpack_header(bytes(self._recv_exact(6, deadline, idle=True)))
         if pdu_type not in PDU_TYPES:
             raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}")
         if length > max_body:
@@ -208,6 +223,11 @@ class AcceptorAssociation:
         except PeerGone as exc:
             log.info("association with %s ended: %s", self.peer, exc)
             outcome = "dropped"
+        except NodeStopping:
+            # Between two messages: every instance answered so far is kept;
+            # the sender resends the rest when the node is back.
+            self._try_send(encode_abort(source=ABORT_SOURCE_USER))
+            outcome = "aborted (node stopping)"
         finally:
             self._drop_message()
         return outcome

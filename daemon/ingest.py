@@ -177,13 +177,16 @@ class IngestStore:
     def _read_header(path: Path, head: bytes = b"", size: int = -1) -> pydicom.Dataset:
         if head:
             # The header usually lies within the first 64 KiB: parse it from
-            # memory. Elements are in ascending tag order, so once an element
-            # past group 0028 is seen, everything intake needs (groups
-            # 0002-0028) is complete; otherwise fall back to the file.
+            # memory. It is complete when the parse stopped at Pixel Data
+            # before the end of the buffer, or (elements are in ascending tag
+            # order) once an element past group 0028 was read: everything
+            # intake needs is in groups 0002-0028. Otherwise read the file.
             try:
-                ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True)
+                buffer = io.BytesIO(head)
+                ds = pydicom.dcmread(buffer, stop_before_pixels=True)
                 last_group = max((int(tag) >> 16 for tag in ds.keys()), default=0)
-                if len(head) == size or last_group > 0x0028:
+                stopped_at_pixels = buffer.tell() < len(head)
+                if len(head) == size or stopped_at_pixels or last_group > 0x0028:
                     return ds
             except Exception:  # noqa: BLE001, S110 - the file parse below decides
                 pass

@@ -145,6 +145,7 @@ class Listener:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._active: dict[int, socket.socket] = {}
+        self._assocs: dict[int, AcceptorAssociation] = {}
         self._rejectors = 0
         self._threads: set[threading.Thread] = set()
         self.last_progress = time.monotonic()
@@ -173,8 +174,16 @@ class Listener:
         )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting; let running associations finish their instance."""
+        """Stop accepting; let running associations finish their instance.
+
+        Each association ends (A-ABORT) as soon as its current instance is
+        answered; one still mid-transfer after ``timeout`` is cut off (its
+        partial instance was never acknowledged, so nothing is lost).
+        """
         self._stop.set()
+        with self._lock:
+            for assoc in self._assocs.values():
+                assoc.stopping = True
         if self._sock is not None:
             with suppress(OSError):  # wakes the accept() at once
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -253,9 +262,11 @@ class Listener:
             wrapped = self._handshake(conn)
             if wrapped is None:
                 return
+            assoc = AcceptorAssociation(wrapped, self.config, self.ingest, self.spool, peer)
+            assoc.stopping = self._stop.is_set()
             with self._lock:
                 self._active[key] = wrapped
-            assoc = AcceptorAssociation(wrapped, self.config, self.ingest, self.spool, peer)
+                self._assocs[key] = assoc
             outcome = assoc.run()
             log.info(
                 "association from %s (%s) %s after %d instance(s)",
@@ -271,6 +282,7 @@ class Listener:
             _close(conn)
             with self._lock:
                 self._active.pop(key, None)
+                self._assocs.pop(key, None)
                 metrics.ACTIVE_ASSOCIATIONS.set(len(self._active))
             self._threads.discard(threading.current_thread())
 
