@@ -1,16 +1,18 @@
-"""Is a received dataset structurally complete?
+"""One strict pass over a received Part 10 file: is it structurally
+complete, and what are the few top-level values intake needs?
 
 pydicom accepts a value cut short at the end of its input without a word
 (a truncated last element, Pixel Data shorter than its length says, a length
-near 2³² that swallows the rest). This walks the element *headers* of a
-stored Part 10 file, seeking over values, and checks that the structure ends
-exactly at the end of the file. It never reads a value into memory, so its
-cost is a few microseconds per element whatever the lengths claim.
+near 2³² that swallows the rest). This walks the element *headers*, seeking
+over values, and checks that the structure ends exactly at the end of the
+file; on the way it keeps the raw bytes of the wanted top-level elements
+(short values only). Nothing is allocated from a length the sender claims.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,6 +26,17 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQ_END = 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
+_TRANSFER_SYNTAX = 0x00020010
+MAX_WANTED_VALUE = 1024
+
+
+@dataclass
+class ScanResult:
+    """``problem`` is None for a complete file; ``values`` maps tag → raw bytes."""
+
+    problem: str | None
+    transfer_syntax: str = ""
+    values: dict[int, bytes] = field(default_factory=dict)
 
 
 class Incomplete(Exception):
@@ -58,7 +71,9 @@ def _element_header(fh: BinaryIO, implicit: bool) -> tuple[int, bytes, int]:
     return tag, vr, length
 
 
-def _walk(fh: BinaryIO, end: int, implicit: bool) -> None:
+def _walk(
+    fh: BinaryIO, end: int, implicit: bool, wanted: frozenset[int], out: dict[int, bytes]
+) -> None:
     # Stack of open undefined-length containers: "seq" (items until the
     # sequence delimiter), "item" (elements until the item delimiter),
     # "frags" (encapsulated pixel data fragments until the sequence delimiter).
@@ -90,27 +105,50 @@ def _walk(fh: BinaryIO, end: int, implicit: bool) -> None:
                 stack.append("frags")
             else:
                 raise Incomplete(f"undefined length on a {vr.decode(errors='replace')} element")
+        elif not stack and tag in wanted and length <= MAX_WANTED_VALUE:
+            if fh.tell() + length > end:
+                raise Incomplete("an element's length runs past the end of the data set")
+            out[tag] = _read(fh, length)
         else:
             _skip(fh, length, end)
         if len(stack) > MAX_DEPTH:
             raise Incomplete(f"sequences nested deeper than {MAX_DEPTH}")
 
 
-def check_complete(path: Path, transfer_syntax: str) -> str | None:
-    """None when the data set after the file meta ends exactly at the end of
-    the file; otherwise a short reason."""
-    with open(path, "rb") as fh:
+def scan_file(
+    path: Path, wanted: frozenset[int] = frozenset(), transfer_syntax: str | None = None
+) -> ScanResult:
+    """Walk the whole file; ``transfer_syntax`` None = take it from the file meta."""
+    values: dict[int, bytes] = {}
+    with open(path, "rb", buffering=65_536) as fh:
         end = fh.seek(0, 2)
         try:
             fh.seek(128)
             if _read(fh, 4) != b"DICM":
-                return "no DICM prefix"
+                return ScanResult("no DICM prefix")
             tag, vr, length = _element_header(fh, implicit=False)
             if tag != 0x00020000 or vr != b"UL" or length != 4:
-                return "file meta group length missing"
+                return ScanResult("file meta group length missing")
             (meta_len,) = struct.unpack("<L", _read(fh, 4))
-            _skip(fh, meta_len, end)
-            _walk(fh, end, implicit=transfer_syntax == IMPLICIT_VR_LE)
+            meta_end = fh.tell() + meta_len
+            if meta_end > end:
+                return ScanResult("file meta group runs past the end of the file")
+            while fh.tell() < meta_end:
+                tag, vr, length = _element_header(fh, implicit=False)
+                if tag == _TRANSFER_SYNTAX and length <= 64:
+                    values[tag] = _read(fh, length)
+                else:
+                    _skip(fh, length, meta_end)
+            if transfer_syntax is None:
+                raw = values.get(_TRANSFER_SYNTAX, b"")
+                transfer_syntax = raw.rstrip(b"\x00 ").decode("ascii", "replace")
+            _walk(fh, end, transfer_syntax == IMPLICIT_VR_LE, wanted, values)
         except Incomplete as exc:
-            return str(exc)
-    return None
+            return ScanResult(str(exc), transfer_syntax or "", values)
+    return ScanResult(None, transfer_syntax, values)
+
+
+def check_complete(path: Path, transfer_syntax: str) -> str | None:
+    """None when the data set after the file meta ends exactly at the end of
+    the file; otherwise a short reason."""
+    return scan_file(path, frozenset(), transfer_syntax).problem

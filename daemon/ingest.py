@@ -8,21 +8,22 @@ answers with a named failure status and leaves neither a file nor a row.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.errors import InvalidDicomError
-from sqlalchemy import Engine, insert, select, update
+from pydicom.charset import convert_encodings, decode_bytes
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from daemon import metrics
-from daemon.dataset_check import check_complete
+from daemon.dataset_check import ScanResult, scan_file
 from daemon.db.models import AuditEvent, Instance, QuarantinedInstance, Series, Study, utcnow
 from daemon.dimse_status import Status
 from daemon.errors import InvalidInstanceError, SpoolError
@@ -51,32 +52,99 @@ class StoreOutcome:
     duplicate: bool = False
 
 
-def _ingest_fields(ds: pydicom.Dataset) -> dict[str, Any]:
-    """The few values the intake itself needs (the filter reads the full
-    header summary later, off the C-STORE path)."""
-    out: dict[str, Any] = {}
-    for keyword in ("Modality", "SeriesDescription"):
-        value = ds.get(keyword)
-        if value not in (None, ""):
-            out[keyword] = str(value)
-    for keyword in ("InstanceNumber", "ImagesInAcquisition", "NumberOfFrames"):
-        value = ds.get(keyword)
-        try:
-            if value not in (None, ""):
-                out[keyword] = int(value)
-        except (TypeError, ValueError):
-            continue
-    return out
+# Top-level elements intake reads (groups 0008-0028): identifiers, the
+# study's patient fields for follow-up matching, and what completeness needs.
+_TAGS = {
+    "SpecificCharacterSet": 0x00080005,
+    "SOPClassUID": 0x00080016,
+    "SOPInstanceUID": 0x00080018,
+    "StudyDate": 0x00080020,
+    "AccessionNumber": 0x00080050,
+    "Modality": 0x00080060,
+    "SeriesDescription": 0x0008103E,
+    "PatientName": 0x00100010,
+    "PatientID": 0x00100020,
+    "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E,
+    "InstanceNumber": 0x00200013,
+    "ImagesInAcquisition": 0x00201002,
+    "NumberOfFrames": 0x00280008,
+}
+_WANTED = frozenset(_TAGS.values())
 
 
-def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str | None:
+@dataclass(frozen=True)
+class IntakeHeader:
+    """The values intake needs, decoded from the strict scan of the file."""
+
+    transfer_syntax: str
+    sop_class: str | None
+    sop_instance: str | None
+    study_uid: str | None
+    series_uid: str | None
+    modality: str | None = None
+    series_description: str | None = None
+    instance_number: int | None = None
+    images_in_acquisition: int | None = None
+    number_of_frames: int | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    study_date: str | None = None
+    accession_number: str | None = None
+
+    @classmethod
+    def from_scan(cls, scan: ScanResult) -> IntakeHeader:
+        raw = {name: scan.values.get(tag) for name, tag in _TAGS.items()}
+        charsets = _ascii(raw["SpecificCharacterSet"]) or ""
+        encodings = convert_encodings([c.strip() for c in charsets.split("\\")] or [""])
+
+        def text(name: str, limit: int, delimiters: frozenset[int] = frozenset()) -> str | None:
+            value = raw[name]
+            if not value:
+                return None
+            decoded = decode_bytes(value, encodings, set(delimiters)).strip(" \x00")
+            return decoded[:limit] or None
+
+        return cls(
+            transfer_syntax=scan.transfer_syntax,
+            sop_class=_ascii(raw["SOPClassUID"]),
+            sop_instance=_ascii(raw["SOPInstanceUID"]),
+            study_uid=_ascii(raw["StudyInstanceUID"]),
+            series_uid=_ascii(raw["SeriesInstanceUID"]),
+            modality=(_ascii(raw["Modality"]) or "")[:16] or None,
+            series_description=text("SeriesDescription", 64),
+            instance_number=_int(raw["InstanceNumber"]),
+            images_in_acquisition=_int(raw["ImagesInAcquisition"]),
+            number_of_frames=_int(raw["NumberOfFrames"]),
+            patient_id=text("PatientID", 64),
+            patient_name=text("PatientName", 324, _PN_DELIMITERS),
+            study_date=(_ascii(raw["StudyDate"]) or "")[:8] or None,
+            accession_number=text("AccessionNumber", 16),
+        )
+
+
+_PN_DELIMITERS = frozenset({0x5E, 0x3D})  # '^' and '='
+
+
+def _ascii(value: bytes | None) -> str | None:
+    """A UI/CS/DA/IS value as text; None if absent, empty or not ASCII."""
+    if not value:
+        return None
     try:
-        value = ds.get(keyword)
-    except (ValueError, TypeError, KeyError):
+        text = value.decode("ascii").strip(" \x00")
+    except UnicodeDecodeError:
+        return "\ufffd"  # never a valid UID: the validation below rejects it
+    return text or None
+
+
+def _int(value: bytes | None) -> int | None:
+    text = _ascii(value)
+    if text is None:
         return None
-    if value is None or value == "":
+    try:
+        return int(text.split("\\")[0])
+    except ValueError:
         return None
-    return str(value)[:limit]
 
 
 _SQL = {
@@ -114,6 +182,20 @@ class IngestStore:
         # series_uid -> id of series seen by this process (ids never change).
         self._series_ids: dict[str, int] = {}
         self._sql = _driver_sql(engine.dialect.name)
+        # SQLite has one writer at a time and its busy handler sleeps in
+        # steps of up to 100 ms; queueing the association threads on a lock
+        # here hands the write lock over at once instead.
+        self._sqlite_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction (serialised in-process on SQLite)."""
+        if self._sqlite_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._sqlite_lock, self.engine.begin() as conn:
+            yield conn
 
     # -- the C-STORE path -----------------------------------------------------
     def store(
@@ -126,9 +208,8 @@ class IngestStore:
     ) -> StoreOutcome:
         """Validate and keep ``temp`` (already flushed); never raises."""
         try:
-            ds = self._read_header(temp.path, bytes(temp.head), temp.size)
-            header = self._validate(ds, sop_class, sop_instance)
-            self._check_structure(temp.path, ds)
+            header = self._read_header(temp.path)
+            self._validate(header, sop_class, sop_instance)
         except InvalidInstanceError as exc:
             temp.discard()
             metrics.REJECTIONS.labels(reason=Status(exc.status).name.lower()).inc()
@@ -142,7 +223,7 @@ class IngestStore:
             return StoreOutcome(Status.OUT_OF_RESOURCES, "spool write failed")
         try:
             return self._record(
-                ds, header, stored.relpath, stored.size_bytes, stored.sha256, calling_aet
+                header, stored.relpath, stored.size_bytes, stored.sha256, calling_aet
             )
         except (SQLAlchemyError, OSError) as exc:
             self.spool.delete(stored.relpath)
@@ -154,112 +235,81 @@ class IngestStore:
         """Record a published spool file that has no row (start-up recovery)."""
         path = self.spool.path_of(relpath)
         try:
-            ds = self._read_header(path)
-            sop_instance = str(ds.get("SOPInstanceUID", ""))
-            header = self._validate(ds, str(ds.get("SOPClassUID", "")), sop_instance)
-            self._check_structure(path, ds)
+            header = self._read_header(path)
+            self._validate(header, header.sop_class or "", header.sop_instance or "")
         except InvalidInstanceError as exc:
             log.error("spool file %s cannot be indexed (%s); left in place", relpath, exc)
             return False
-        source_ae = str(ds.file_meta.get("SourceApplicationEntityTitle", "") or "")
-        outcome = self._record(
-            ds, header, relpath, path.stat().st_size, sha256_file(path), source_ae
-        )
+        try:
+            meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[]).file_meta
+            source_ae = str(meta.get("SourceApplicationEntityTitle", "") or "")
+        except Exception:  # noqa: BLE001 - the AE title is only informative here
+            source_ae = ""
+        outcome = self._record(header, relpath, path.stat().st_size, sha256_file(path), source_ae)
         return not outcome.duplicate
 
     @staticmethod
-    def _check_structure(path: Path, ds: pydicom.Dataset) -> None:
-        reason = check_complete(path, str(ds.file_meta.get("TransferSyntaxUID", "")))
-        if reason is not None:
-            raise InvalidInstanceError(f"data set incomplete: {reason}", Status.CANNOT_UNDERSTAND)
-
-    @staticmethod
-    def _read_header(path: Path, head: bytes = b"", size: int = -1) -> pydicom.Dataset:
-        if head:
-            # The header usually lies within the first 64 KiB: parse it from
-            # memory. It is complete when the parse stopped at Pixel Data
-            # before the end of the buffer, or (elements are in ascending tag
-            # order) once an element past group 0028 was read: everything
-            # intake needs is in groups 0002-0028. Otherwise read the file.
-            try:
-                buffer = io.BytesIO(head)
-                ds = pydicom.dcmread(buffer, stop_before_pixels=True)
-                last_group = max((int(tag) >> 16 for tag in ds.keys()), default=0)
-                stopped_at_pixels = buffer.tell() < len(head)
-                if len(head) == size or stopped_at_pixels or last_group > 0x0028:
-                    return ds
-            except Exception:  # noqa: BLE001, S110 - the file parse below decides
-                pass
+    def _read_header(path: Path) -> IntakeHeader:
+        """One strict pass over the file: complete structure and intake values."""
         try:
-            return pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, RecursionError, MemoryError) as exc:
-            raise InvalidInstanceError(
-                f"dataset cannot be parsed: {exc.__class__.__name__}", Status.CANNOT_UNDERSTAND
-            ) from None
-        except Exception as exc:  # noqa: BLE001 - any parser failure is the sender's data
+            scan = scan_file(path, _WANTED)
+            if scan.problem is not None:
+                raise InvalidInstanceError(
+                    f"data set incomplete: {scan.problem}", Status.CANNOT_UNDERSTAND
+                )
+            return IntakeHeader.from_scan(scan)
+        except (OSError, LookupError, ValueError) as exc:
             raise InvalidInstanceError(
                 f"dataset cannot be parsed: {exc.__class__.__name__}", Status.CANNOT_UNDERSTAND
             ) from None
 
     @staticmethod
-    def _validate(ds: pydicom.Dataset, sop_class: str, sop_instance: str) -> dict[str, Any]:
-        try:
-            ds_instance = ds.get("SOPInstanceUID")
-            ds_class = ds.get("SOPClassUID")
-            study = ds.get("StudyInstanceUID")
-            series = ds.get("SeriesInstanceUID")
-            header = _ingest_fields(ds)
-        except Exception as exc:  # noqa: BLE001 - malformed values inside the header
-            raise InvalidInstanceError(
-                f"dataset cannot be parsed: {exc.__class__.__name__}", Status.CANNOT_UNDERSTAND
-            ) from None
-        if ds_instance is None or ds_class is None:
+    def _validate(header: IntakeHeader, sop_class: str, sop_instance: str) -> None:
+        if header.sop_instance is None or header.sop_class is None:
             raise InvalidInstanceError("SOP Class/Instance UID missing", Status.MISSING_ATTRIBUTE)
-        if str(ds_instance) != sop_instance:
+        if header.sop_instance != sop_instance:
             raise InvalidInstanceError(
                 "SOP Instance UID in the dataset differs from the request",
                 Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             )
-        if str(ds_class) != sop_class:
+        if header.sop_class != sop_class:
             raise InvalidInstanceError(
                 "SOP Class UID in the dataset differs from the request",
                 Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             )
-        for name, value in (("Study", study), ("Series", series)):
+        if not valid_uid(sop_instance) or not valid_uid(sop_class):
+            raise InvalidInstanceError("invalid SOP Class/Instance UID", Status.INVALID_UID)
+        for name, value in (("Study", header.study_uid), ("Series", header.series_uid)):
             if value is None:
                 raise InvalidInstanceError(f"{name} Instance UID missing", Status.MISSING_ATTRIBUTE)
-            if not valid_uid(str(value)):
+            if not valid_uid(value):
                 raise InvalidInstanceError(f"invalid {name} Instance UID", Status.INVALID_UID)
-        return header
 
     def _record(
         self,
-        ds: pydicom.Dataset,
-        header: dict[str, Any],
+        header: IntakeHeader,
         relpath: str,
         size: int,
         sha256: str,
         calling_aet: str,
     ) -> StoreOutcome:
-        sop_uid = str(ds.SOPInstanceUID)
-        series_uid = str(ds.SeriesInstanceUID)
+        sop_uid = str(header.sop_instance)
+        series_uid = str(header.series_uid)
         now = utcnow()
         row = {
             "sop": sop_uid,
-            "cls": str(ds.SOPClassUID),
-            "ts": str(ds.file_meta.TransferSyntaxUID),
+            "cls": header.sop_class,
+            "ts": header.transfer_syntax,
             "path": relpath,
             "size": size,
             "sha": sha256,
-            "num": header.get("InstanceNumber")
-            if isinstance(header.get("InstanceNumber"), int)
-            else None,
+            "num": header.instance_number,
             "aet": calling_aet[:16],
             "now": now,
             "header": None,
         }
         try:
-            with self.engine.begin() as conn:
+            with self._writing() as conn:
                 # Hot path (every instance of a series after the first): one
                 # UPDATE and one INSERT as plain driver SQL; the statement
                 # compiler costs more than the database here.
@@ -270,14 +320,14 @@ class IngestStore:
                         self._sql["touch_series"], {"id": series_id, "now": now}
                     ).rowcount
                 if touched != 1:
-                    series_id = self._upsert_series(conn, ds, header)
+                    series_id = self._upsert_series(conn, header)
                 assert series_id is not None
                 row["series"] = series_id
                 conn.exec_driver_sql(self._sql["insert_instance"], row)
         except IntegrityError:
             # The same SOP Instance UID is stored already (resent, or another
             # association stored it just now).
-            with self.engine.begin() as conn:
+            with self._writing() as conn:
                 existing = conn.execute(
                     select(Instance.sha256, Instance.series_id).where(
                         Instance.sop_instance_uid == sop_uid
@@ -285,7 +335,7 @@ class IngestStore:
                 ).first()
             if existing is None:
                 raise
-            return self._duplicate(ds, existing, relpath, size, sha256, calling_aet)
+            return self._duplicate(sop_uid, existing, relpath, size, sha256, calling_aet)
         self._series_ids[series_uid] = series_id
         metrics.INSTANCES_RECEIVED.inc()
         metrics.BYTES_RECEIVED.inc(size)
@@ -294,16 +344,15 @@ class IngestStore:
         return StoreOutcome(Status.SUCCESS, series_id=series_id)
 
     def _duplicate(
-        self, ds: pydicom.Dataset, existing: Any, relpath: str, size: int, sha256: str, aet: str
+        self, sop_uid: str, existing: Any, relpath: str, size: int, sha256: str, aet: str
     ) -> StoreOutcome:
-        sop_uid = str(ds.SOPInstanceUID)
         if existing.sha256 == sha256:
             self.spool.delete(relpath)
             metrics.DUPLICATES.labels(kind="identical").inc()
             log.info("instance %s received again (identical), kept once", sop_uid)
             return StoreOutcome(Status.SUCCESS, series_id=existing.series_id, duplicate=True)
         quarantined = self.spool.quarantine(relpath)
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 insert(QuarantinedInstance).values(
                     sop_instance_uid=sop_uid,
@@ -330,9 +379,9 @@ class IngestStore:
         return StoreOutcome(Status.SUCCESS, series_id=existing.series_id, duplicate=True)
 
     @staticmethod
-    def _upsert_series(conn: Any, ds: pydicom.Dataset, header: dict[str, Any]) -> int:
-        study_uid = str(ds.StudyInstanceUID)
-        series_uid = str(ds.SeriesInstanceUID)
+    def _upsert_series(conn: Any, header: IntakeHeader) -> int:
+        study_uid = str(header.study_uid)
+        series_uid = str(header.series_uid)
         now = utcnow()
         study_id = conn.execute(select(Study.id).where(Study.study_uid == study_uid)).scalar()
         if study_id is None:
@@ -340,10 +389,10 @@ class IngestStore:
                 insert(Study)
                 .values(
                     study_uid=study_uid,
-                    patient_id=_text(ds, "PatientID", 64),
-                    patient_name=_text(ds, "PatientName", 324),
-                    study_date=_text(ds, "StudyDate", 8),
-                    accession_number=_text(ds, "AccessionNumber", 16),
+                    patient_id=header.patient_id,
+                    patient_name=header.patient_name,
+                    study_date=header.study_date,
+                    accession_number=header.accession_number,
                     created_at=now,
                 )
                 .returning(Study.id)
@@ -351,8 +400,8 @@ class IngestStore:
         row = conn.execute(
             select(Series.id, Series.state).where(Series.series_uid == series_uid)
         ).first()
-        expected = header.get("ImagesInAcquisition")
-        if str(ds.SOPClassUID) == ENHANCED_MR and (header.get("NumberOfFrames") or 0) > 1:
+        expected = header.images_in_acquisition
+        if header.sop_class == ENHANCED_MR and (header.number_of_frames or 0) > 1:
             expected = 1  # one multi-frame instance carries the whole volume
         if row is None:
             return int(
@@ -361,11 +410,11 @@ class IngestStore:
                     .values(
                         series_uid=series_uid,
                         study_id=study_id,
-                        modality=str(header.get("Modality", ""))[:16] or None,
-                        description=str(header.get("SeriesDescription", ""))[:64] or None,
+                        modality=header.modality,
+                        description=header.series_description,
                         state="receiving",
                         instance_count=1,
-                        expected_count=expected if isinstance(expected, int) else None,
+                        expected_count=expected if expected and expected > 0 else None,
                         revision=0,
                         first_received_at=now,
                         last_received_at=now,

@@ -23,7 +23,6 @@ from daemon.errors import SpoolError
 
 log = logging.getLogger(__name__)
 
-HEAD_BYTES = 65_536
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,6 @@ class SpoolTemp:
         self.name = f"{uuid.uuid4().hex}.dcm"
         self.path = spool.tmp_dir / f"{self.name}.part"
         self.size = 0
-        self.head = bytearray()  # the first HEAD_BYTES, kept to parse the header cheaply
         self._digest = hashlib.sha256()
         try:
             self._fd: int | None = os.open(
@@ -142,8 +140,6 @@ class SpoolTemp:
         view = memoryview(data)
         self._digest.update(view)
         self.size += len(view)
-        if len(self.head) < HEAD_BYTES:
-            self.head += view[: HEAD_BYTES - len(self.head)]
         try:
             while view:
                 written = os.write(self._fd, view)

@@ -181,3 +181,26 @@ def test_reconcile_reindexes_orphan_files_and_enqueues_lost_jobs(node) -> None:
         )
     assert enqueue_missing_jobs(engine, queue) == 1
     assert enqueue_missing_jobs(engine, queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("charset", "name"),
+    [("ISO_IR 100", "Müller^Jörg"), ("ISO_IR 192", "Ōta^Jūrō"), ("", "PLAIN^ASCII")],
+    ids=["latin1", "utf8", "default"],
+)
+def test_patient_fields_are_decoded_with_the_character_set(
+    tmp_path: Path, charset: str, name: str
+) -> None:
+    from daemon.db.models import Study
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    spool = Spool(tmp_path / "spool")
+    store = IngestStore(engine, spool)
+    ds = make_mr_series(n_slices=1)[0]
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.PatientName = name
+    assert _receive(store, spool, ds) == Status.SUCCESS
+    with engine.connect() as conn:
+        assert conn.execute(select(Study.patient_name)).scalar_one() == name
