@@ -24,7 +24,6 @@ from daemon.errors import SpoolError
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class StoredFile:
     relpath: str  # relative to the spool root, POSIX separators

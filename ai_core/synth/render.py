@@ -1,0 +1,329 @@
+"""Render one planned case: world volumes per contrast, every series, the mask."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ai_core.synth.acquisition import (
+    Grid,
+    add_rician_noise,
+    apply_bias_field,
+    plan_grid,
+    point_spread,
+    sample,
+)
+from ai_core.synth.anatomy import HeadModel, head_model
+from ai_core.synth.contrast import brain_curve, build_labels, compose, label_table, paint_veins
+from ai_core.synth.dicom_enhanced import build_enhanced
+from ai_core.synth.dicom_files import write_classic, write_single
+from ai_core.synth.dicom_writer import SeriesSpec, StudyInfo, build_classic, synth_uid
+from ai_core.synth.lesion import apply_mass_effect, build_lesion, composite
+from ai_core.synth.plan import SIZES, STREAM_ANATOMY, STREAM_NOISE, STREAM_TUMOUR, CasePlan, stream
+from ai_core.synth.truth import (
+    centroid_patient,
+    mask_on_grid,
+    max_diameter_mm,
+    tumour_volume_cm3,
+)
+from ai_core.synth.tumour import place_tumour
+
+log = logging.getLogger(__name__)
+
+CONTRAST_OF = {
+    "t1c_mprage": "t1c",
+    "t1_mprage_pre": "t1",
+    "t2_tse": "t2",
+    "flair_2d": "flair",
+    "flair_3d": "flair",
+    "dwi": "dwi",
+    "localizer": "localizer",
+    "mpr_derived": "t1c",
+    "t1c_thick_2d": "t1c",
+}
+ACQUISITION_ORDER = (
+    "localizer",
+    "t2_tse",
+    "flair_2d",
+    "flair_3d",
+    "dwi",
+    "t1_mprage_pre",
+    "t1c_mprage",
+    "t1c_thick_2d",
+    "mpr_derived",
+)
+# kind -> orientation, pixel mm, matrix, thickness mm, step mm, slices (full size)
+DISTRACTOR_GEOMETRY: dict[str, tuple[str, float, int, float, float, int]] = {
+    "t2_tse": ("axial", 0.9, 256, 5.0, 6.0, 24),
+    "flair_2d": ("axial", 0.9, 256, 5.0, 6.5, 22),
+    "flair_3d": ("sag", 1.2, 200, 1.5, 1.5, 112),
+    "dwi": ("axial", 1.8, 128, 5.0, 6.5, 22),
+    "t1c_thick_2d": ("axial", 0.9, 256, 5.0, 6.0, 24),
+}
+NOISE_FACTOR = {"dwi": 2.5, "localizer": 2.0, "t2_tse": 1.2, "flair_2d": 1.3, "flair_3d": 1.5}
+
+
+@dataclass
+class RenderedCase:
+    """What the cohort writer needs after a case has been written."""
+
+    record: dict[str, Any]
+    mask: np.ndarray  # uint8 [column, row, slice] on the T1C grid
+    mask_affine: np.ndarray  # RAS
+
+
+def _series_number(vendor: str, position: int) -> int:
+    return 100 * position + 1 if vendor == "philips" else position
+
+
+def _grids(plan: CasePlan, kind: str, model: HeadModel, head_pts: np.ndarray) -> tuple[Grid, ...]:
+    """The slice geometry of one series of the case (several grids for a localizer)."""
+    s = SIZES[plan.size].distractor_scale
+    rng = stream(plan.seed, plan.index, STREAM_NOISE, 1000 + ACQUISITION_ORDER.index(kind))
+
+    def place(
+        orient: str,
+        matrix: int,
+        slices: int,
+        pixel: float,
+        thick: float,
+        step: float,
+        *,
+        reverse: bool = False,
+        oblique: bool = plan.oblique,
+        cover_top: bool = True,
+    ) -> Grid:
+        return plan_grid(
+            orient,
+            rows=matrix,
+            cols=matrix,
+            slices=slices,
+            pixel=pixel,
+            thickness=thick,
+            step=step,
+            pose=plan.pose,
+            head_pts=head_pts,
+            rng=rng,
+            oblique=oblique,
+            reverse=reverse,
+            cover_top=cover_top,
+        )
+
+    if kind == "t1c_mprage":
+        t = plan.t1c_thickness
+        return (
+            place(
+                plan.orientation,
+                plan.t1c_matrix,
+                plan.t1c_slices,
+                plan.t1c_pixel,
+                t,
+                t,
+                reverse=plan.reverse,
+            ),
+        )
+    if kind == "t1_mprage_pre":  # cheaper than the T1C: 2 mm slices, >= 1.2 mm pixels
+        thick = 2.0 * s
+        slices = int(round(plan.t1c_slices * plan.t1c_thickness / thick))
+        pixel = max(plan.t1c_pixel, 1.2 * s)
+        matrix = int(round(plan.t1c_matrix * plan.t1c_pixel / pixel / 2)) * 2
+        return (place(plan.orientation, matrix, slices, pixel, thick, thick, reverse=plan.reverse),)
+    if kind == "mpr_derived":  # a thick reformat of the T1C in another plane
+        orient = "axial" if plan.orientation == "sag" else "coronal"
+        thick = 3.0 * s
+        return (place(orient, plan.t1c_matrix, int(165 / thick), plan.t1c_pixel, thick, thick),)
+    if kind == "localizer":  # three planes, three images each, in one series
+        out = []
+        for orient in ("sag", "coronal", "axial"):
+            g = place(orient, int(256 / s), 3, 1.0 * s, 7.0, 30.0, oblique=False, cover_top=False)
+            out += [_single(g, k) for k in range(3)]
+        return tuple(out)
+    orient, pixel, matrix, thick, step, n = DISTRACTOR_GEOMETRY[kind]
+    f = s if kind == "flair_3d" else 1.0
+    return (place(orient, int(matrix / s), int(math.ceil(n / f)), pixel * s, thick * f, step * f),)
+
+
+def _single(g: Grid, k: int) -> Grid:
+    from dataclasses import replace
+
+    return replace(g, slices=1, origin=g.origin + k * g.slice_step * g.step_dir)
+
+
+def head_points(model: HeadModel) -> np.ndarray:
+    """About 4000 points on the scalp surface (world RAS), for slab planning."""
+    pts = np.argwhere(np.abs(model.d_skull - 8.0) < 0.6 * model.spacing)
+    rng = np.random.default_rng(1)
+    pick = rng.choice(len(pts), size=min(4000, len(pts)), replace=False)
+    return model.origin + model.spacing * pts[np.sort(pick)]
+
+
+def render_case(plan: CasePlan, out_dir: Path) -> RenderedCase:
+    """Build the case's anatomy and tumour, write its study, return truth and mask."""
+    model = head_model(SIZES[plan.size].world_mm)
+    head_pts = head_points(model)
+    anat = stream(plan.seed, plan.index, STREAM_ANATOMY, 1)
+    lab = build_labels(model, plan.layers)
+    paint_veins(lab, model, anat, plan.vein_fraction)
+    t1 = model.t1.copy()
+    tum = stream(plan.seed, plan.index, STREAM_TUMOUR, 1)
+    geo = place_tumour(model, plan.shape, plan.layers.csf, tum)
+    apply_mass_effect(model, geo, t1, lab, plan.lesion.mass_effect)
+    maps = build_lesion(model, geo, plan.lesion, t1, lab, plan.layers.csf, tum)
+
+    study = _study(plan)
+    kinds = [k for k in ACQUISITION_ORDER if k == "t1c_mprage" or k in plan.distractors]
+    worlds: dict[str, np.ndarray] = {}
+    jit = stream(plan.seed, plan.index, STREAM_ANATOMY, 2)
+    series_records = []
+    t1c_grid: Grid | None = None
+    for pos, kind in enumerate(kinds, start=1):
+        contrast = CONTRAST_OF[kind]
+        if contrast not in worlds:
+            table = label_table(contrast, 1 + jit.normal(0, 0.04, 32).clip(-0.12, 0.12))
+            curve = brain_curve(contrast, float(jit.uniform(0.9, 1.1)))
+            vol = compose(lab, t1, contrast, table, curve)
+            composite(vol, geo, maps, plan.lesion, contrast)
+            worlds[contrast] = point_spread(vol, model, plan.t1c_pixel)
+        grids = _grids(plan, kind, model, head_pts)
+        number = _series_number(plan.vendor, pos)
+        enhanced = plan.enhanced and kind == "t1c_mprage"
+        orient = "sag" if kind == "localizer" else _orientation_name(grids[0])
+        spec = SeriesSpec(
+            kind=kind,
+            number=number,
+            orientation=orient,
+            grids=grids,
+            quant=plan.quant,
+            transfer_syntax=plan.transfer_syntax,
+            enhanced=enhanced,
+            variant=plan.description_variant,
+            contrast_evidence=plan.contrast_evidence,
+            time_offset_s=120 * pos + (600 if pos >= kinds.index("t1c_mprage") + 1 else 0),
+        )
+        stack = _pixels(plan, kind, number, worlds[contrast], model, grids)
+        profile = spec.profile(plan.vendor)
+        folder = out_dir / plan.case_id / str(number)
+        if enhanced:
+            write_single(build_enhanced(study, spec, stack, profile), folder, plan.transfer_syntax)
+            n_files = 1
+        else:
+            classic = build_classic(study, spec, stack, profile)
+            n_files = len(write_classic(classic, folder, plan.transfer_syntax))
+        series_records.append(
+            {
+                "series_number": number,
+                "kind": kind,
+                "series_uid": str(spec.uid(study)),
+                "description": profile["SeriesDescription"],
+                "folder": f"{plan.case_id}/{number}",
+                "instances": n_files,
+                "enhanced": enhanced,
+            }
+        )
+        if kind == "t1c_mprage":
+            t1c_grid = grids[0]
+            t1c_spec = spec
+        if contrast not in [CONTRAST_OF[k] for k in kinds[pos:]]:
+            worlds.pop(contrast, None)
+    assert t1c_grid is not None
+    mask = mask_on_grid(geo, model, plan.pose, t1c_grid)
+    voxel_cm3 = t1c_grid.row_spacing * t1c_grid.col_spacing * t1c_grid.slice_step / 1000.0
+    record = _record(plan, study, t1c_spec, t1c_grid, geo, maps, model, series_records)
+    record["mask_volume_cm3"] = round(float(mask.sum()) * voxel_cm3, 4)
+    return RenderedCase(
+        record=record,
+        mask=np.ascontiguousarray(mask.transpose(2, 1, 0)),
+        mask_affine=t1c_grid.nifti_affine(),
+    )
+
+
+def _orientation_name(grid: Grid) -> str:
+    n = np.abs(grid.normal)
+    return ("sag", "coronal", "axial")[int(np.argmax(n))]
+
+
+def _pixels(
+    plan: CasePlan, kind: str, number: int, world: np.ndarray, model: HeadModel, grids: tuple
+) -> np.ndarray:
+    rng = stream(plan.seed, plan.index, STREAM_NOISE, number)
+    parts = [sample(world, model, plan.pose, g) for g in grids]
+    img = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    apply_bias_field(img, plan.bias, rng)
+    img = add_rician_noise(img, plan.noise * NOISE_FACTOR.get(kind, 1.0), rng)
+    return plan.quant.apply(img)
+
+
+def _study(plan: CasePlan) -> StudyInfo:
+    by = int(plan.study_date[:4]) - plan.age
+    return StudyInfo(
+        seed=plan.seed,
+        case_id=plan.case_id,
+        patient_name=f"SYNTH^{plan.case_id}",
+        patient_id=f"SYN{plan.seed}-{plan.index + 1:04d}",
+        birth_date=f"{by:04d}{plan.study_date[4:]}",
+        sex=plan.sex,
+        age=plan.age,
+        study_uid=synth_uid(plan.seed, plan.case_id, "study"),
+        frame_of_reference_uid=synth_uid(plan.seed, plan.case_id, "frame-of-reference"),
+        study_date=plan.study_date,
+        study_time=plan.study_time,
+        accession=f"SYN{plan.seed % 100000:05d}{plan.index + 1:05d}",
+        institution=plan.institution,
+        vendor=plan.vendor,
+    )
+
+
+def _record(plan, study, spec, grid, geo, maps, model, series) -> dict[str, Any]:
+    f = plan.features
+    vol = tumour_volume_cm3(geo, model, plan.pose)
+    edema_index = 1.0 + maps.edema_voxels / max(geo.voxels, 1)
+    centroid = centroid_patient(geo, model, plan.pose)
+    return {
+        "case_id": plan.case_id,
+        "patient_id": study.patient_id,
+        "study_uid": str(study.study_uid),
+        "series_uid": str(spec.uid(study)),
+        "series_number": spec.number,
+        "frame_of_reference_uid": str(study.frame_of_reference_uid),
+        "ki67_high": f.ki67_high,
+        "ki67_index": f.ki67_index,
+        "bayes_probability": round(f.bayes_probability, 6),
+        "edema_index": round(edema_index, 4),
+        "necrosis": f.necrosis,
+        "csf_cleft": f.csf_cleft,
+        "capsular_enhancement": f.capsular_enhancement,
+        "volume_cm3": round(vol, 4),
+        "max_diameter_mm": round(max_diameter_mm(geo, model, plan.pose), 3),
+        "location": geo.location,
+        "side": geo.side,
+        "subgroup": f.subgroup,
+        "vendor": plan.vendor,
+        "orientation": plan.orientation,
+        "enhanced": plan.enhanced,
+        "transfer_syntax": plan.transfer_syntax,
+        "rescale": plan.rescale,
+        "oblique": plan.oblique,
+        "reverse_slice_order": plan.reverse,
+        "pixel_spacing_mm": grid.row_spacing,
+        "slice_thickness_mm": grid.thickness,
+        "matrix": [grid.rows, grid.cols, grid.slices],
+        "necrosis_volume_cm3": round(
+            maps.necrosis_voxels * model.spacing**3 * plan.pose.volume_scale / 1000, 4
+        ),
+        "centroid_lps_mm": [round(float(v), 2) for v in centroid],
+        "dural_tail": plan.lesion.dural_tail,
+        "drawn": {
+            "volume_cm3": round(f.volume_cm3, 4),
+            "edema_index": round(f.edema_index, 4),
+            "texture_score": round(f.texture_score, 4),
+        },
+        "age": plan.age,
+        "sex": plan.sex,
+        "study_date": plan.study_date,
+        "series": series,
+    }
