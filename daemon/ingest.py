@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from daemon.spool import Spool, SpoolTemp, sha256_file
 log = logging.getLogger(__name__)
 
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DateTime in SQLite
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -186,6 +188,45 @@ class IngestStore:
         # steps of up to 100 ms; queueing the association threads on a lock
         # here hands the write lock over at once instead.
         self._sqlite_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._raw: Any = None  # the fast path's SQLite connection, opened on first use
+
+    def _insert_fast(self, series_id: int, row: dict[str, Any]) -> bool:
+        """SQLite: touch the series and insert the instance on a dedicated
+        driver connection, no SQLAlchemy in between (the per-instance path).
+
+        Returns False when the series is not receiving any more (the caller
+        takes the general path, which re-opens it); raises
+        ``sqlite3.IntegrityError`` for a SOP Instance UID stored already.
+        PostgreSQL always takes the general path.
+        """
+        if self._sqlite_lock is None:
+            return False
+        params = dict(row, series=series_id, now=row["now"].strftime(_SQLITE_DATETIME))
+        with self._sqlite_lock:
+            if self._raw is None:
+                self._raw = self.engine.raw_connection()
+            cur = self._raw.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                cur.execute(self._sql["touch_series"], {"id": series_id, "now": params["now"]})
+                if cur.rowcount != 1:
+                    cur.execute("ROLLBACK")
+                    return False
+                cur.execute(self._sql["insert_instance"], params)
+                cur.execute("COMMIT")
+                return True
+            except sqlite3.Error:
+                with suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        """Return the dedicated connection (tests, shutdown)."""
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
@@ -225,7 +266,7 @@ class IngestStore:
             return self._record(
                 header, stored.relpath, stored.size_bytes, stored.sha256, calling_aet
             )
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             self.spool.delete(stored.relpath)
             metrics.REJECTIONS.labels(reason="database_error").inc()
             log.error("database write failed for %s: %s", sop_instance, exc.__class__.__name__)
@@ -308,23 +349,24 @@ class IngestStore:
             "now": now,
             "header": None,
         }
+        series_id = self._series_ids.get(series_uid)
         try:
-            with self._writing() as conn:
-                # Hot path (every instance of a series after the first): one
-                # UPDATE and one INSERT as plain driver SQL; the statement
-                # compiler costs more than the database here.
-                series_id = self._series_ids.get(series_uid)
-                touched = 0
-                if series_id is not None:
-                    touched = conn.exec_driver_sql(
-                        self._sql["touch_series"], {"id": series_id, "now": now}
-                    ).rowcount
-                if touched != 1:
-                    series_id = self._upsert_series(conn, header)
-                assert series_id is not None
-                row["series"] = series_id
-                conn.exec_driver_sql(self._sql["insert_instance"], row)
-        except IntegrityError:
+            if series_id is None or not self._insert_fast(series_id, row):
+                with self._writing() as conn:
+                    # Hot path (every instance of a series after the first): one
+                    # UPDATE and one INSERT as plain driver SQL; the statement
+                    # compiler costs more than the database here.
+                    touched = 0
+                    if series_id is not None:
+                        touched = conn.exec_driver_sql(
+                            self._sql["touch_series"], {"id": series_id, "now": now}
+                        ).rowcount
+                    if touched != 1:
+                        series_id = self._upsert_series(conn, header)
+                    assert series_id is not None
+                    row["series"] = series_id
+                    conn.exec_driver_sql(self._sql["insert_instance"], row)
+        except (IntegrityError, sqlite3.IntegrityError):
             # The same SOP Instance UID is stored already (resent, or another
             # association stored it just now).
             with self._writing() as conn:

@@ -187,6 +187,7 @@ class Node:
         self.listener.stop(timeout=min(30.0, STOP_TIMEOUT_SECONDS / 2))
         self.supervisor.stop(timeout=STOP_TIMEOUT_SECONDS / 2)
         self.http.stop()
+        self.ingest.close()
         self.engine.dispose()
         log.info("stopped")
 
