@@ -7,13 +7,10 @@ there go through ``SELECT ... FOR UPDATE SKIP LOCKED``.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from daemon.jobs import DONE
 from daemon.workers import WorkerSupervisor
@@ -41,18 +38,9 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def db_url(pg_url: str) -> Iterator[str]:
-    """A fresh database on the server behind ``pg_url``; dropped after the test."""
-    name = f"ki67node_jobs_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+def db_url(fresh_pg_url: str) -> str:
+    """A fresh database on the server behind ``pg_url`` (see tests/conftest.py)."""
+    return fresh_pg_url
 
 
 def test_database_is_postgresql(request: pytest.FixtureRequest) -> None:
