@@ -32,6 +32,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 	$(BIN)/mypy --scripts-are-modules bench/ingest
+	$(BIN)/mypy --scripts-are-modules bench/pipeline
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
