@@ -22,6 +22,7 @@ from ai_core.segmentation.base import (
     SegmentationBackend,
     SegmentationResult,
 )
+from tests.test_segmentation import _seg_from_mask
 
 pytestmark = pytest.mark.slow
 
@@ -98,9 +99,6 @@ def test_no_lesion_is_not_assessable_not_a_guess(case) -> None:
 
 
 def test_received_seg_replaces_the_automatic_mask(case, tmp_path: Path) -> None:
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
     cohort, row, files = case
     source = [pydicom.dcmread(f) for f in files]
     from ai_core.volume import load_series
@@ -109,28 +107,7 @@ def test_received_seg_replaces_the_automatic_mask(case, tmp_path: Path) -> None:
     truth = _truth_on(Grid.of(volume), cohort, row["case_id"])
     order = {str(ds.SOPInstanceUID): ds for ds in source}
     ordered = [order[uid] for uid in volume.sop_instance_uids]
-    seg = hd.seg.Segmentation(
-        source_images=ordered,
-        pixel_array=truth,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[
-            hd.seg.SegmentDescription(
-                segment_number=1,
-                segment_label="meningioma",
-                segmented_property_category=codes.SCT.Tissue,
-                segmented_property_type=codes.SCT.Neoplasm,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-            )
-        ],
-        series_instance_uid=hd.UID(),
-        series_number=99,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="test",
-        manufacturer_model_name="test",
-        software_versions="1",
-        device_serial_number="1",
-    )
+    seg = _seg_from_mask(ordered, truth)
     path = tmp_path / "seg.dcm"
     seg.save_as(path)
     analysis = analyse_series(
