@@ -33,6 +33,7 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 	$(BIN)/mypy --scripts-are-modules bench/ingest
 	$(BIN)/mypy --scripts-are-modules bench/pipeline
+	$(BIN)/mypy --scripts-are-modules bench/model
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)

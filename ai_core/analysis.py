@@ -92,11 +92,13 @@ def analyse_series(
     *,
     options: AnalysisOptions | None = None,
     received_seg: Dataset | Path | None = None,
+    reference_mask: Path | None = None,
 ) -> ImageAnalysis:
     """Run the image pipeline on one series (file paths or a loaded volume).
 
-    ``received_seg`` (a radiologist's DICOM SEG for this series) replaces the
-    automatic segmentation.
+    ``received_seg`` (a radiologist's DICOM SEG for this series) or
+    ``reference_mask`` (a mask image in patient space, e.g. the NIfTI of a
+    training manifest) replaces the automatic segmentation.
     """
     options = options or AnalysisOptions()
     timings: dict[str, float] = {}
@@ -109,7 +111,10 @@ def analyse_series(
     timings["preprocess"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    segmentation = _segment(volume, working, backend, received_seg)
+    if reference_mask is not None:
+        segmentation = _reference_mask(reference_mask, working)
+    else:
+        segmentation = _segment(volume, working, backend, received_seg)
     timings["segmentation"] = time.perf_counter() - start
     if not segmentation.ok:
         return ImageAnalysis(
@@ -186,4 +191,31 @@ def _segment(
     )
     return SegmentationResult(
         mask, None, on_source.status, on_source.reason, on_source.backend, on_source.version
+    )
+
+
+def _reference_mask(path: Path, working: Preprocessed) -> SegmentationResult:
+    """A mask file (NIfTI, NRRD... anything SimpleITK reads) put on the working grid."""
+    import SimpleITK as sitk
+
+    from ai_core.errors import VolumeError
+    from ai_core.image import resample_mask
+    from ai_core.segmentation.base import STATUS_NOT_ASSESSABLE, STATUS_OK
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise VolumeError(f"cannot read the mask {path}: {str(exc).strip()[:200]}") from exc
+    mask = resample_mask(image, working.grid, interpolation="linear")
+    if not mask.any():
+        return SegmentationResult(
+            mask,
+            None,
+            STATUS_NOT_ASSESSABLE,
+            f"the reference mask {path.name} is empty on this series",
+            "reference-mask",
+            path.name,
+        )
+    return SegmentationResult(
+        mask, None, STATUS_OK, f"reference mask {path.name}", "reference-mask", path.name
     )

@@ -18,3 +18,16 @@ class VolumeError(AiCoreError):
     corrupt pixel data...) so that an admin can tell the sender what to fix.
     Retrying with the same files gives the same error.
     """
+
+
+class ModelError(AiCoreError):
+    """The Ki-67 model cannot be built, loaded or run as asked.
+
+    Raised for invalid hyper-parameters, an unreadable or inconsistent model
+    bundle, or inputs of the wrong shape; the message names the argument or
+    file and what to change.
+    """
+
+
+class EvaluationError(AiCoreError):
+    """A training or evaluation run cannot go on (bad manifest, one-class split...)."""

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
+    from daemon.cli_model import add_model_commands
+
+    add_model_commands(sub)
     return parser
 
 

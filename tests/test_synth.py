@@ -120,8 +120,15 @@ def test_layout_and_summary_files(cohort: Path, truth: list[dict[str, Any]]) -> 
         "ground_truth.csv",
         "ground_truth.json",
         "cohort.json",
+        "manifest.csv",
     }
     assert not list(cohort.rglob("*.tmp*"))
+    from ai_core.model.cases import read_manifest
+
+    cases = read_manifest(cohort / "manifest.csv")
+    assert [c.label for c in cases] == [int(r["ki67_high"]) for r in rows]
+    assert all(c.mask is not None and c.mask.is_file() for c in cases)
+    assert [c.series_uid for c in cases] == [r["series_uid"] for r in rows]
 
 
 def test_same_seed_gives_identical_bytes_other_seed_differs(cohort: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ Layout under OUT_DIR (nothing is written anywhere else)::
     CASE0001/<series number>/IM00001.dcm ...   one folder per series
     masks/CASE0001.nii.gz                      tumour mask on the T1C grid
     ground_truth.csv, ground_truth.json        one row / object per case
+    manifest.csv                               for ki67node train / evaluate
     cohort.json                                seed, profile, counts, Bayes AUC
 
 The same ``seed`` (and arguments) writes byte-identical files.
@@ -81,6 +82,7 @@ class CohortSummary:
     ground_truth_csv: Path
     ground_truth_json: Path
     cohort_json: Path
+    manifest_csv: Path  # the training/evaluation manifest (ki67node train / evaluate)
 
 
 def _check_args(
@@ -232,6 +234,11 @@ def _write_summary(
     }
     cohort_path = out_dir / "cohort.json"
     _atomic_text(cohort_path, json.dumps(cohort, indent=1, sort_keys=True) + "\n")
+    from ai_core.model.cases import manifest_from_ground_truth
+
+    manifest = manifest_from_ground_truth(
+        out_dir, cohort="external" if site.name == "external" else "development"
+    )
     log.info(
         "synthetic cohort written: %d cases, %d Ki-67 high, Bayes AUC %.3f (population %.3f)",
         len(records),
@@ -251,6 +258,7 @@ def _write_summary(
         ground_truth_csv=csv_path,
         ground_truth_json=json_path,
         cohort_json=cohort_path,
+        manifest_csv=manifest,
     )
 
 

@@ -1,0 +1,1 @@
+"""The Ki-67 model: a cascaded multi-modal Transformer, its bundle, training and inference."""

@@ -1,0 +1,154 @@
+"""``ki67node train`` and ``ki67node evaluate``: the research side of the command line.
+
+Thin wrappers: arguments in, :mod:`ai_core.model.fit` /
+:mod:`ai_core.evaluation.protocol` do the work, a short summary out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from daemon import DISCLAIMER
+
+log = logging.getLogger("ki67node")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _train_settings(args: argparse.Namespace) -> Any:
+    from ai_core.model.predict import resolve_device
+    from ai_core.model.train import TrainSettings
+
+    return TrainSettings(
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        augment=not args.no_augment,
+        device=resolve_device(args.device),
+    )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=_positive, default=60, help="maximum epochs per run (60)")
+    p.add_argument("--patience", type=_positive, default=12, help="early-stopping patience (12)")
+    p.add_argument("--batch-size", type=_positive, default=16, help="batch size (16)")
+    p.add_argument("--lr", type=float, default=3e-4, help="learning rate (3e-4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
+    p.add_argument("--no-augment", action="store_true", help="no MONAI augmentation")
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=max(1, (os.cpu_count() or 1) // 2),
+        help="parallel processes for the image pipeline (half the CPUs)",
+    )
+    p.add_argument("--cache", help="feature cache folder (default: OUT/cache)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from daemon.cli import setup_logging
+
+    setup_logging("DEBUG" if args.debug else "INFO")
+    from ai_core.model.fit import train_bundle
+
+    out = Path(args.out)
+    outcome = train_bundle(
+        [Path(m) for m in args.manifest],
+        out,
+        settings=_train_settings(args),
+        cache_dir=Path(args.cache) if args.cache else None,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    v = outcome.validation
+    print(
+        f"model bundle written to {outcome.bundle_dir} ({outcome.cases_used} cases, "
+        f"{outcome.not_assessable} not assessable; best epoch {outcome.best_epoch}, "
+        f"{outcome.seconds / 60:.1f} min)\n"
+        f"validation Output 1: AUC {v['auc']:.3f}, sensitivity {v['sensitivity']:.3f}, "
+        f"specificity {v['specificity']:.3f} (optimistic: the same split chose the epoch; "
+        f"run `ki67node evaluate` for held-out estimates)\n"
+        f"training curve: {outcome.curve}\n"
+        "segmentation is not trained by this command: see docs/segmentation.md "
+        "(python -m ai_core.segmentation.train)\n"
+        f"{DISCLAIMER}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from daemon.cli import setup_logging
+
+    setup_logging("DEBUG" if args.debug else "INFO")
+    from ai_core.evaluation.protocol import (
+        OUTPUT1,
+        EvaluateSettings,
+        evaluate_manifest,
+        summary_table,
+    )
+
+    settings = EvaluateSettings(
+        runs=args.runs, bootstrap=args.bootstrap, seed=args.seed, train=_train_settings(args)
+    )
+    result, report = evaluate_manifest(
+        [Path(m) for m in args.manifest],
+        Path(args.model) if args.model else None,
+        Path(args.out),
+        settings,
+        cache_dir=Path(args.cache) if args.cache else None,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    table = summary_table(result)
+    for cohort, metrics in table[OUTPUT1].items():
+        print(f"{OUTPUT1}, {cohort}: AUC {metrics['auc']}")
+    print(f"report: {report}\n{DISCLAIMER}")
+    return 0
+
+
+def add_model_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a Ki-67 model bundle on a manifest of cases",
+        description="Train the cascaded multi-modal Transformer on the development cases of a "
+        "manifest (CSV: case_id, series, mask, ki67_index or ki67_high, characteristics...; "
+        "see docs/model.md) and write a model bundle.",
+    )
+    p.add_argument("manifest", metavar="MANIFEST", nargs="+", help="CSV(s) of cases")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="bundle folder to write")
+    _common(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser(
+        "evaluate",
+        help="the paper's evaluation protocol: repeated 8:2 runs, external cohort, baselines",
+        description="Repeated stratified 8:2 splits of the development cohort (train with the "
+        "bundle's architecture and parameters), test on the split and on the external cohort; "
+        "six metrics with 95 % intervals, modality ablation, clinical and radiomics baselines, "
+        "DeLong tests, ROC plots and a Markdown report.",
+    )
+    p.add_argument(
+        "manifest",
+        metavar="MANIFEST",
+        nargs="+",
+        help="CSV(s) of cases (cohort column: development / external)",
+    )
+    p.add_argument(
+        "--model", default="", metavar="MODEL_DIR", help="bundle (default: the bundled demo)"
+    )
+    p.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder")
+    p.add_argument("--runs", type=_positive, default=50, help="repeated splits (50)")
+    p.add_argument("--bootstrap", type=_positive, default=1000, help="bootstrap resamples (1000)")
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)

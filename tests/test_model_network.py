@@ -1,0 +1,436 @@
+"""The cascaded multi-modal Transformer: config, shapes, zeroing, modality dropout, loss."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ai_core.errors import ModelError
+from ai_core.model.config import ModelConfig
+from ai_core.model.network import (
+    MODALITIES,
+    CascadedMixingTransformer,
+    CascadeOutput,
+    cascade_loss,
+    modality_dropout,
+)
+
+TINY = ModelConfig(
+    crop_size=(16, 16, 16),
+    cnn_channels=(4, 8, 8),
+    d_model=16,
+    n_heads=2,
+    n_radiomics=10,
+    dropout=0.1,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def make_batch(
+    config: ModelConfig,
+    b: int = 4,
+    present: tuple[bool, bool, bool] = (True, True, True),
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    char_known = torch.rand(b, config.n_characteristics, generator=g) > 0.3
+    char_known[0] = False  # one sample with every characteristic unknown
+    rad_known = torch.rand(b, config.n_radiomics, generator=g) > 0.2
+    return {
+        "image": torch.rand(b, config.in_channels, *config.crop_size, generator=g),
+        "characteristics": torch.randn(b, config.n_characteristics, generator=g),
+        "characteristics_known": char_known,
+        "radiomics": torch.randn(b, config.n_radiomics, generator=g),
+        "radiomics_known": rad_known,
+        "present": torch.tensor([present] * b),
+    }
+
+
+# ---------------------------------------------------------------- config
+
+BAD_CONFIGS = [
+    pytest.param(
+        {"in_channels": 0}, r"ModelConfig\.in_channels must be a positive int", id="in_channels-0"
+    ),
+    pytest.param(
+        {"d_model": 96.0}, r"ModelConfig\.d_model must be a positive int", id="d_model-float"
+    ),
+    pytest.param(
+        {"n_heads": True}, r"ModelConfig\.n_heads must be a positive int", id="n_heads-bool"
+    ),
+    pytest.param(
+        {"n_heads": 5},
+        r"ModelConfig\.n_heads must divide d_model \(96\), got 5",
+        id="n_heads-divide",
+    ),
+    pytest.param({"ffn_mult": -1}, r"ModelConfig\.ffn_mult", id="ffn_mult"),
+    pytest.param({"n_queries": 0}, r"ModelConfig\.n_queries", id="n_queries"),
+    pytest.param(
+        {"n_characteristics": 0}, r"ModelConfig\.n_characteristics", id="n_characteristics"
+    ),
+    pytest.param({"n_radiomics": "1218"}, r"ModelConfig\.n_radiomics", id="n_radiomics-str"),
+    pytest.param(
+        {"crop_size": (64, 64)}, r"ModelConfig\.crop_size must have 3 entries", id="crop-2d"
+    ),
+    pytest.param(
+        {"crop_size": (64, 60, 64)},
+        r"ModelConfig\.crop_size must be divisible by 2\*\*n_down = 8",
+        id="crop-divisible",
+    ),
+    pytest.param(
+        {"crop_size": (8, 8, 8)}, r"ModelConfig\.crop_size .* at least 16", id="crop-too-small"
+    ),
+    pytest.param(
+        {"crop_size": (256, 256, 256)},
+        r"ModelConfig\.crop_size .* more than 4096 MRI tokens",
+        id="crop-too-many-tokens",
+    ),
+    pytest.param(
+        {"cnn_channels": (16,)},
+        r"ModelConfig\.cnn_channels needs at least 2 stages",
+        id="cnn-one-stage",
+    ),
+    pytest.param(
+        {"cnn_channels": (16, 0, 8)},
+        r"ModelConfig\.cnn_channels must hold positive ints",
+        id="cnn-zero",
+    ),
+    pytest.param(
+        {"cnn_channels": 16}, r"ModelConfig\.cnn_channels must be a sequence", id="cnn-int"
+    ),
+    pytest.param({"dropout": 1.0}, r"ModelConfig\.dropout must be a probability", id="dropout-1"),
+    pytest.param(
+        {"dropout": -0.1}, r"ModelConfig\.dropout must be a probability", id="dropout-negative"
+    ),
+    pytest.param(
+        {"modality_dropout": (0.2, 0.3)},
+        r"ModelConfig\.modality_dropout must be three",
+        id="modality-dropout-len",
+    ),
+    pytest.param(
+        {"modality_dropout": (0.2, 0.3, 1.5)},
+        r"ModelConfig\.modality_dropout\[2\] must be a probability",
+        id="modality-dropout-range",
+    ),
+    pytest.param(
+        {"loss_weights": (0.5, 0.5)},
+        r"ModelConfig\.loss_weights must be three",
+        id="loss-weights-len",
+    ),
+    pytest.param(
+        {"loss_weights": (0.5, -0.1, 0.1)},
+        r"ModelConfig\.loss_weights must be finite and non-negative",
+        id="loss-weights-negative",
+    ),
+    pytest.param(
+        {"loss_weights": (0, 0, 0)},
+        r"ModelConfig\.loss_weights must have a positive sum",
+        id="loss-weights-zero",
+    ),
+    pytest.param(
+        {"loss_weights": (float("nan"), 1, 1)},
+        r"ModelConfig\.loss_weights must be finite",
+        id="loss-weights-nan",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), BAD_CONFIGS)
+def test_config_rejects_bad_field(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ModelError, match=match):
+        ModelConfig(**kwargs)
+
+
+def test_config_defaults_and_grid() -> None:
+    cfg = ModelConfig()
+    assert cfg.n_down == 3
+    assert cfg.feature_grid == (8, 8, 8)
+    assert cfg.n_mri_tokens == 512
+
+
+def test_config_round_trip_through_json() -> None:
+    cfg = ModelConfig(
+        crop_size=(32, 48, 64), cnn_channels=(8, 16, 24, 32), dropout=0, n_radiomics=7
+    )
+    data = json.loads(json.dumps(cfg.to_dict()))
+    back = ModelConfig.from_dict(data)
+    assert back == cfg
+    assert isinstance(back.dropout, float)
+    assert isinstance(back.crop_size, tuple)
+
+
+def test_config_from_dict_rejects_unknown_keys() -> None:
+    data = ModelConfig().to_dict() | {"n_layers": 3, "d_modell": 5}
+    with pytest.raises(ModelError, match=r"no field\(s\) d_modell, n_layers"):
+        ModelConfig.from_dict(data)
+
+
+def test_config_from_dict_missing_key_takes_default() -> None:
+    assert ModelConfig.from_dict({"d_model": 64}) == ModelConfig(d_model=64)
+
+
+# ---------------------------------------------------------------- shapes
+
+PRESENT = {
+    "+".join(name for name, on in zip(("mri", "chars", "radiomics"), combo, strict=True) if on)
+    or "none": combo
+    for combo in itertools.product((True, False), repeat=3)
+}
+
+
+@pytest.mark.parametrize("present", list(PRESENT.values()), ids=list(PRESENT))
+def test_shapes_and_finite_for_every_modality_combination(present: tuple[bool, bool, bool]) -> None:
+    torch.manual_seed(0)
+    model = CascadedMixingTransformer(TINY).eval()
+    batch = make_batch(TINY, b=3, present=present)
+    # values of absent modalities must never be read, even NaN
+    for i, key in enumerate(("image", "characteristics", "radiomics")):
+        if not present[i]:
+            batch[key] = torch.full_like(batch[key], float("nan"))
+    out = model(**batch)
+    assert isinstance(out, CascadeOutput)
+    assert out.logits.shape == (3, 3)
+    assert out.output1.shape == out.output2.shape == (3,)
+    assert torch.equal(out.output1, out.logits[:, 1])
+    assert torch.isfinite(out.logits).all()
+    n_tokens = (TINY.n_mri_tokens, TINY.n_characteristics, TINY.n_radiomics)
+    for attn, n in zip(out.attention, n_tokens, strict=True):
+        assert attn.shape == (3, TINY.n_heads, TINY.n_queries, n)
+        assert torch.isfinite(attn).all()
+        torch.testing.assert_close(attn.sum(-1), torch.ones(3, TINY.n_heads, TINY.n_queries))
+    assert torch.equal(out.present, batch["present"])
+    # gradients are finite too
+    model.train()
+    torch.manual_seed(1)
+    model(**batch).logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_default_config_forward_and_gradcam_layer() -> None:
+    model = CascadedMixingTransformer(ModelConfig()).eval()
+    batch = make_batch(ModelConfig(), b=1)
+    with torch.no_grad():
+        out = model(**batch)
+    assert out.attention[0].shape == (1, 4, 1, 512)
+    assert model.get_submodule(model.gradcam_layer) is model.mri_encoder.stages[-1]
+
+
+BAD_INPUTS = [
+    pytest.param("image", torch.rand(2, 3, 16, 16, 16), r"in_channels = 2 channels", id="channels"),
+    pytest.param("image", torch.rand(2, 2, 16, 16, 8), r"crop_size \[16, 16, 16\]", id="crop"),
+    pytest.param(
+        "image", torch.rand(2, 16, 16, 16), r"image must be a float tensor", id="image-4d"
+    ),
+    pytest.param(
+        "radiomics",
+        torch.rand(2, 9),
+        r"radiomics must have shape \[B=2, 10\] \(n_radiomics\)",
+        id="n-radiomics",
+    ),
+    pytest.param(
+        "radiomics_known",
+        torch.ones(2, 10),
+        r"radiomics_known must be a bool tensor",
+        id="known-float",
+    ),
+    pytest.param(
+        "characteristics",
+        torch.rand(2, 3),
+        r"characteristics must have shape",
+        id="n-characteristics",
+    ),
+    pytest.param(
+        "present",
+        torch.ones(2, 2, dtype=torch.bool),
+        r"present must have shape \[B=2, 3\]",
+        id="present-width",
+    ),
+    pytest.param(
+        "radiomics",
+        torch.full((2, 10), float("nan")),
+        r"radiomics has NaN/inf where radiomics_known",
+        id="radiomics-nan",
+    ),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "match"), BAD_INPUTS)
+def test_forward_rejects_bad_input(key: str, value: torch.Tensor, match: str) -> None:
+    model = CascadedMixingTransformer(TINY).eval()
+    batch = make_batch(TINY, b=2)
+    batch["radiomics_known"][:] = True
+    batch[key] = value
+    with pytest.raises(ModelError, match=match):
+        model(**batch)
+
+
+# ---------------------------------------------------------------- zeroing
+
+
+def test_absent_radiomics_do_not_change_any_logit() -> None:
+    torch.manual_seed(0)
+    model = CascadedMixingTransformer(TINY).eval()
+    batch = make_batch(TINY, present=(True, True, False))
+    other = dict(batch, radiomics=torch.randn_like(batch["radiomics"]) * 10)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, model(**other).logits, rtol=0, atol=0)
+        # sanity: present radiomics do matter for output 2
+        batch["present"][:] = True
+        other["present"][:] = True
+        assert not torch.allclose(model(**batch).output2, model(**other).output2)
+
+
+def test_absent_characteristics_do_not_change_any_logit() -> None:
+    torch.manual_seed(0)
+    model = CascadedMixingTransformer(TINY).eval()
+    batch = make_batch(TINY, present=(True, False, True))
+    other = dict(
+        batch,
+        characteristics=torch.randn_like(batch["characteristics"]) * 10,
+        characteristics_known=~batch["characteristics_known"],
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, model(**other).logits, rtol=0, atol=0)
+
+
+def test_output1_never_depends_on_radiomics() -> None:
+    torch.manual_seed(0)
+    model = CascadedMixingTransformer(TINY).eval()
+    batch = make_batch(TINY)
+    other = dict(
+        batch,
+        radiomics=torch.randn_like(batch["radiomics"]) * 10,
+        radiomics_known=torch.ones_like(batch["radiomics_known"]),
+    )
+    with torch.no_grad():
+        a, b = model(**batch), model(**other)
+    torch.testing.assert_close(a.logits[:, :2], b.logits[:, :2], rtol=0, atol=0)
+    assert not torch.allclose(a.output2, b.output2)
+
+
+# ---------------------------------------------------------------- modality dropout
+
+
+def test_eval_is_deterministic_and_uses_present_as_given() -> None:
+    torch.manual_seed(0)
+    model = CascadedMixingTransformer(TINY).eval()
+    batch = make_batch(TINY, b=8)
+    with torch.no_grad():
+        a, b = model(**batch), model(**batch)
+    assert torch.equal(a.logits, b.logits)
+    assert torch.equal(a.present, batch["present"])
+
+
+def test_training_is_reproducible_with_a_seed_and_drops_modalities() -> None:
+    cfg = ModelConfig(**(TINY.to_dict() | {"modality_dropout": [0.5, 0.5, 0.5]}))
+    torch.manual_seed(0)
+    model = CascadedMixingTransformer(cfg).train()
+    batch = make_batch(cfg, b=32)
+    torch.manual_seed(7)
+    a = model(**batch)
+    torch.manual_seed(7)
+    b = model(**batch)
+    assert torch.equal(a.logits, b.logits)
+    assert torch.equal(a.present, b.present)
+    assert not a.present.all()  # something was dropped in training
+    assert (a.present <= batch["present"]).all()  # nothing absent is switched on
+
+
+def test_modality_dropout_never_empties_a_sample() -> None:
+    torch.manual_seed(0)
+    n = 20000
+    present = torch.rand(n, 3) > 0.4
+    used = modality_dropout(present, (0.9, 0.9, 0.9))
+    had = present.any(dim=1)
+    assert (used.any(dim=1) == had).all()
+    assert not (used & ~present).any()
+    # the rescued modality is spread over the present ones, not always the first
+    only_one = used.sum(dim=1) == 1
+    counts = used[only_one & present.all(dim=1)].float().mean(dim=0)
+    assert (counts > 0.25).all(), counts
+    # a sample with a single modality always keeps it
+    single = present.sum(dim=1) == 1
+    assert torch.equal(used[single], present[single])
+
+
+def test_modality_names() -> None:
+    assert MODALITIES == ("mri", "characteristics", "radiomics")
+
+
+# ---------------------------------------------------------------- loss
+
+
+def _output(logits: torch.Tensor) -> CascadeOutput:
+    dummy = torch.zeros(1)
+    return CascadeOutput(logits=logits, attention=(dummy, dummy, dummy), present=dummy.bool())
+
+
+def test_cascade_loss_is_the_weighted_sum() -> None:
+    logits = torch.tensor([[0.3, -1.0, 2.0], [1.5, 0.2, -0.7], [-2.0, 0.1, 0.4]])
+    target = torch.tensor([1.0, 0.0, 1.0])
+    total, per_head = cascade_loss(_output(logits), target, weights=(0.5, 0.4, 0.1))
+    expected = [F.binary_cross_entropy_with_logits(logits[:, i], target) for i in range(3)]
+    torch.testing.assert_close(per_head, torch.stack(expected))
+    torch.testing.assert_close(total, 0.5 * expected[0] + 0.4 * expected[1] + 0.1 * expected[2])
+
+
+def test_cascade_loss_applies_pos_weight() -> None:
+    logits = torch.tensor([[0.3, -1.0, 2.0], [1.5, 0.2, -0.7]])
+    target = torch.tensor([1.0, 0.0])
+    _, plain = cascade_loss(_output(logits), target)
+    _, weighted = cascade_loss(_output(logits), target, pos_weight=3.0)
+    # the positive sample's term is tripled, the negative one's unchanged
+    pos = F.binary_cross_entropy_with_logits(logits[0], torch.ones(3), reduction="none")
+    neg = F.binary_cross_entropy_with_logits(logits[1], torch.zeros(3), reduction="none")
+    torch.testing.assert_close(plain, (pos + neg) / 2)
+    torch.testing.assert_close(weighted, (3 * pos + neg) / 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        pytest.param({"weights": (1, 1)}, r"weights must be three", id="weights-len"),
+        pytest.param(
+            {"pos_weight": 0.0}, r"pos_weight must be a finite number > 0", id="pos-weight-0"
+        ),
+        pytest.param(
+            {"target": torch.zeros(2, 1)}, r"target must have shape \[B=2\]", id="target-shape"
+        ),
+    ],
+)
+def test_cascade_loss_rejects_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
+    args: dict[str, Any] = {"target": torch.zeros(2)} | kwargs
+    with pytest.raises(ModelError, match=match):
+        cascade_loss(_output(torch.zeros(2, 3)), **args)
+
+
+# ---------------------------------------------------------------- learning
+
+
+def test_a_few_steps_reduce_the_loss_on_a_learnable_toy() -> None:
+    """Label = sign of radiomics feature 0 plus characteristic 1: every head can see some of it."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**(TINY.to_dict() | {"dropout": 0.0, "modality_dropout": [0, 0, 0]}))
+    model = CascadedMixingTransformer(cfg).train()
+    batch = make_batch(cfg, b=32, seed=3)
+    batch["characteristics_known"][:] = True
+    batch["radiomics_known"][:] = True
+    target = ((batch["radiomics"][:, 0] + batch["characteristics"][:, 1]) > 0).float()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        total, _ = cascade_loss(model(**batch), target)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(float(total.detach()))
+    assert losses[-1] < 0.6 * losses[0], losses
