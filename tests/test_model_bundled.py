@@ -1,0 +1,67 @@
+"""The bundled demo bundle: it loads, says it is synthetic, and its Grad-CAM lies on the tumour.
+
+Research use only: demo weights trained on the synthetic cohort.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from ai_core.model.bundle import BUNDLED_DIR, load_bundle
+
+pytestmark = pytest.mark.slow
+
+
+def test_bundled_bundle_is_honest_and_small() -> None:
+    bundle = load_bundle()
+    assert bundle.path == BUNDLED_DIR
+    assert bundle.synthetic
+    assert bundle.meta["disclaimer"] == "research use only, not for diagnostic use"
+    assert "synthetic" in bundle.version
+    assert bundle.meta["metrics"]["validation_output1"]["auc"] >= 0.0  # measured, not typed
+    size = sum(p.stat().st_size for p in BUNDLED_DIR.iterdir() if p.is_file())
+    assert size < 20 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ai_core.synth import generate_cohort
+
+    out = tmp_path_factory.mktemp("bundled") / "cohort"
+    summary = generate_cohort(out, cases=1, seed=61, size="small", progress=False)
+    return summary.manifest_csv
+
+
+def test_gradcam_hot_spot_lies_on_the_tumour(case: Path) -> None:
+    import SimpleITK as sitk
+
+    from ai_core.analysis import AnalysisOptions, analyse_series
+    from ai_core.image import Grid, resample_mask
+    from ai_core.model.cases import _series_files, read_manifest
+    from ai_core.model.predict import Predictor
+
+    bundle = load_bundle()
+    row = read_manifest(case)[0]
+    analysis = analyse_series(
+        _series_files(row),
+        None,  # type: ignore[arg-type]  # the true mask replaces segmentation
+        options=AnalysisOptions(
+            preprocess=bundle.preprocess, radiomics_params=bundle.radiomics_params
+        ),
+        reference_mask=row.mask,
+    )
+    prediction = Predictor(bundle, device="cpu").predict(analysis)
+    cam = prediction.gradcam_source
+    assert cam is not None and cam.shape == analysis.volume.shape
+    truth = resample_mask(sitk.ReadImage(str(row.mask)), Grid.of(analysis.volume))
+    # the hottest voxels sit on or right next to the tumour (within ~1 cm), not elsewhere
+    near = ndi.binary_dilation(truth > 0, iterations=5)
+    hot = cam >= np.quantile(cam[cam > 0], 0.95)
+    assert hot.any()
+    assert (hot & near).sum() / hot.sum() > 0.5
+    peak = np.unravel_index(np.argmax(cam), cam.shape)
+    assert near[peak]
