@@ -51,7 +51,7 @@ def write_report(
     result: EvaluationResult, out_dir: Path, *, manifests: Sequence[Path], bundle: Any
 ) -> Path:
     """Write report.md, results.json and the plots into ``out_dir``; returns report.md."""
-    from ai_core.evaluation.metrics import roc_auc
+    from ai_core.evaluation.metrics import roc_auc, roc_curve_points
     from ai_core.evaluation.plots import plot_metric_intervals, plot_roc
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def write_report(
         for row in (OUTPUT1, OUTPUT2, CLINICAL, RADIOMICS_ML, BAYES):
             if cohort in result.first_run.scores.get(row, {}):
                 y, sc, _ = result.first_run.scores[row][cohort]
-                curves[row] = (y, sc)
+                curves[row] = roc_curve_points(y, sc)
         roc = plot_roc(
             curves,
             out_dir / f"roc_{cohort}.png",
