@@ -38,7 +38,7 @@ from ai_core.evaluation.metrics import (
     youden_threshold,
 )
 from ai_core.model.cases import FeatureParams
-from ai_core.model.data import MODALITY_COMBINATIONS, CaseTable
+from ai_core.model.data import MODALITY_COMBINATIONS, CaseTable, radiomics_z
 from ai_core.model.train import TrainSettings, predict_table, stratified_split, train_run
 
 log = logging.getLogger(__name__)
@@ -143,11 +143,11 @@ def one_run(
     x_train, names = train.clinical_matrix()
     clinical = ClinicalBaseline(seed=seed).fit(x_train, train.labels, names)
     rad_names = list(train.radiomics_names)
-    z_train = _z(train, standardiser)
+    z_train = radiomics_z(train, standardiser)
     radiomic = RadiomicsBaseline(seed=seed).fit(z_train, train.labels, rad_names)
     baselines: dict[str, Callable[[CaseTable], np.ndarray]] = {
         CLINICAL: lambda t: clinical.predict_proba(t.clinical_matrix()[0]),
-        RADIOMICS_ML: lambda t: radiomic.predict_proba(_z(t, standardiser)),
+        RADIOMICS_ML: lambda t: radiomic.predict_proba(radiomics_z(t, standardiser)),
     }
     for row, predict in baselines.items():
         thr = youden_threshold(val.labels, predict(val))
@@ -157,12 +157,6 @@ def one_run(
         if np.isfinite(table.bayes).all():
             scores.add(BAYES, cohort, table.labels, table.bayes, 0.5)
     return scores
-
-
-def _z(table: CaseTable, standardiser: Any) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = (table.radiomics - standardiser.mean) / standardiser.std
-    return np.clip(z, -standardiser.clip, standardiser.clip)
 
 
 @dataclass

@@ -124,15 +124,20 @@ def build_table(cases: Sequence[ManifestCase], features: Sequence[CaseFeatures])
     )
 
 
-def standardised_radiomics(
-    table: CaseTable, standardiser: RadiomicsStandardiser
-) -> tuple[np.ndarray, np.ndarray]:
-    """Z-scores [N, F] (0 where unknown) and the known flags."""
+def radiomics_z(table: CaseTable, standardiser: RadiomicsStandardiser) -> np.ndarray:
+    """Clipped z-scores [N, F] with NaN where a feature is unknown (the baselines' input)."""
     if tuple(standardiser.names) != tuple(table.radiomics_names):
         raise EvaluationError("the standardiser and the cases disagree on the radiomics features")
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (table.radiomics - standardiser.mean) / standardiser.std
-    z = np.clip(z, -standardiser.clip, standardiser.clip)
+    return np.clip(z, -standardiser.clip, standardiser.clip)
+
+
+def standardised_radiomics(
+    table: CaseTable, standardiser: RadiomicsStandardiser
+) -> tuple[np.ndarray, np.ndarray]:
+    """Z-scores [N, F] (0 where unknown) and the known flags (the network's input)."""
+    z = radiomics_z(table, standardiser)
     known = np.isfinite(z)
     return np.where(known, z, 0.0).astype(np.float32), known
 

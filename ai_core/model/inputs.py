@@ -21,8 +21,8 @@ import SimpleITK as sitk
 
 from ai_core.errors import ModelError
 from ai_core.image import Grid, array_to_sitk
+from ai_core.model.config import CHARACTERISTICS
 
-CHARACTERISTICS = ("edema_index", "necrosis", "csf_cleft", "capsular_enhancement")
 CHANNELS = ("t1c", "tumour_mask")
 
 
