@@ -48,7 +48,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
     print(f"configuration OK (data_dir={settings.data_dir}, database={_safe_url(settings)})")
+    print(f"destinations: {_describe_destinations(settings)}")
     return 0
+
+
+def _describe_destinations(settings: Settings) -> str:
+    if not settings.destinations:
+        return f"outbox (folder {settings.outbox_dir}, the default when none is configured)"
+    where = {
+        "dicom": lambda d: f"C-STORE to {d.ae_title}@{d.host}:{d.port}",
+        "folder": lambda d: f"folder {d.path}",
+        "dicomweb": lambda d: f"STOW-RS to {d.url}",
+    }
+    return "; ".join(f"{d.name} ({where[d.type](d)})" for d in settings.destinations)
 
 
 def _safe_url(settings: Settings) -> str:
@@ -138,8 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
     from daemon.cli_model import add_model_commands
+    from daemon.cli_results import add_result_commands
 
     add_model_commands(sub)
+    add_result_commands(sub)
     return parser
 
 

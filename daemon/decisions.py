@@ -3,7 +3,9 @@
 Runs in the daemon's main loop, off the C-STORE path: reads the header of
 every instance from the spool (headers only, no pixel data), summarises them,
 asks the series filter, records the decision with its reason and, for a
-qualifying series, enqueues one job for this revision of the series.
+qualifying series, enqueues one job for this revision of the series. A
+radiologist's SEG series is not analysed itself: it queues a re-run of the
+series it segments (:mod:`daemon.reanalysis`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy import Engine, insert, select, update
 from daemon.db.models import AuditEvent, Instance, Series, SeriesDecision, Study, utcnow
 from daemon.headers import extract_header
 from daemon.jobs import JobQueue
+from daemon.reanalysis import handle_received_seg, is_seg_series
 from daemon.series_filter import SeriesDecision as FilterDecision
 from daemon.series_filter import decide_series
 from daemon.settings import FilterSettings
@@ -78,7 +81,11 @@ def decide(
         return None
     headers = _headers(engine, spool, series_id)
     try:
-        decision = decide_series(headers, cfg)
+        if is_seg_series(headers):  # a radiologist's SEG: re-run the series it segments
+            reason, details = handle_received_seg(engine, spool, queue, series_id)
+            decision = FilterDecision(False, reason, details)
+        else:
+            decision = decide_series(headers, cfg)
     except Exception as exc:  # noqa: BLE001 - the filter must never stop intake
         log.exception("series filter failed on series %s", series.series_uid)
         decision = FilterDecision(False, f"filter error: {exc.__class__.__name__}", {})

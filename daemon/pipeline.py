@@ -1,15 +1,20 @@
-"""What a job does, run inside a worker process: the one place that calls ai_core.
+"""What a job does, run inside a worker process: the one place the daemon calls ai_core.
 
-Today the real first stage runs: the series' instances are read from the
-spool and built into a 3D volume (decoding never happens in the listener).
-Segmentation, prediction and the DICOM outputs are added by later issues; the
-result names the stages that ran, and nothing here pretends to predict.
+One attempt: read the series' instances from the spool and build the 3D
+volume (decoding never happens in the listener), then the shared chain
+(:mod:`daemon.chain`: image pipeline, Transformer, SEG / heatmap SCs / SR),
+then stage the objects and their outbox rows for delivery. What the
+radiologist gave (the four characteristics, a corrected SEG) is looked up
+here; an earlier revision's SR becomes the new SR's predecessor. Output UIDs
+derive from (series, revision), so a retried attempt stages the same objects
+and the PACS never sees duplicates.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,38 +22,117 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ai_core.errors import VolumeError
+from ai_core.errors import AiCoreError, VolumeError
+from ai_core.model.inputs import Characteristics
 from ai_core.volume import Volume, load_series
-from daemon.db.models import Instance, Series
+from daemon.db.models import Instance, Series, Study, StudyCharacteristics
 from daemon.errors import JobError, SpoolError
 from daemon.jobs import ClaimedJob
+from daemon.reanalysis import latest_received_seg, previous_sr
+from daemon.settings import Settings
 from daemon.spool import Spool
+from dicom_out.context import Predecessor
 
 log = logging.getLogger(__name__)
 
 STAGE_LOAD = "load"
-STAGES_NOT_BUILT = ("segment", "measure", "radiomics", "predict", "build_outputs")
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What the database knows about the job's series."""
+
+    series_uid: str
+    study_uid: str
+    relpaths: list[str]
+    characteristics: Characteristics
+    received_seg: Path | None
+    predecessor: Predecessor | None
 
 
 def run_job(
-    session_factory: sessionmaker[Session], spool_root: Path, job: ClaimedJob
+    session_factory: sessionmaker[Session], settings: Settings, job: ClaimedJob
 ) -> dict[str, Any]:
     """Run one attempt of ``job``; return its JSON-safe result.
 
     Raises :class:`JobError` with ``retryable=False`` for bad data (retrying
     cannot help) and ``retryable=True`` for transient problems.
     """
+    from daemon.chain import ChainRequest, run_chain  # torch: worker processes only
+    from daemon.outbox import stage_results
+
     timings: dict[str, float] = {}
-    series_uid, relpaths = _instances(session_factory, job)
-    spool = Spool(spool_root)
+    spool = Spool(settings.spool_dir)
+    inputs = _inputs(session_factory, spool, job)
+    series_uid = inputs.series_uid
     try:
-        paths = [spool.path_of(rel) for rel in relpaths]
+        paths = [spool.path_of(rel) for rel in inputs.relpaths]
     except SpoolError as exc:
         raise JobError(f"series {series_uid}: {exc}", retryable=False) from exc
 
     start = time.perf_counter()
+    volume = _load(series_uid, paths)
+    timings[STAGE_LOAD] = round(time.perf_counter() - start, 6)
+    log.info(
+        "job %d: loaded series %s as a %s volume in %.2f s",
+        job.id,
+        series_uid,
+        "×".join(str(n) for n in volume.shape),
+        timings[STAGE_LOAD],
+    )
+    request = ChainRequest(
+        paths=paths,
+        job_key=f"{series_uid}/r{job.revision}",
+        characteristics=inputs.characteristics,
+        received_seg=inputs.received_seg,
+        predecessor=inputs.predecessor,
+    )
     try:
-        volume = load_series(paths)
+        chain = run_chain(request, settings.pipeline, volume=volume)
+    except AiCoreError as exc:
+        raise JobError(f"series {series_uid}: {exc}", retryable=False) from exc
+    except MemoryError as exc:
+        raise JobError(f"series {series_uid}: out of memory; will retry", retryable=True) from exc
+    timings.update(chain.timings)
+
+    start = time.perf_counter()
+    try:
+        staged = stage_results(settings, session_factory, job.id, chain.datasets)
+    except SQLAlchemyError as exc:
+        raise JobError(
+            f"job {job.id}: database unavailable while staging results; will retry",
+            retryable=True,
+        ) from exc
+    except OSError as exc:
+        raise JobError(
+            f"job {job.id}: could not write results ({exc.strerror or exc}); will retry",
+            retryable=True,
+        ) from exc
+    timings["stage"] = time.perf_counter() - start
+    summary = chain.summary()
+    return {
+        "kind": job.kind,
+        "series_uid": series_uid,
+        "revision": job.revision,
+        "attempt": job.attempt,
+        "status": summary["status"],
+        "reason": summary["reason"],
+        "stages_run": [STAGE_LOAD, *chain.timings, "stage"],
+        "analysis": summary["analysis"],
+        "prediction": summary["prediction"],
+        "characteristics": inputs.characteristics.known(),
+        "received_seg": inputs.received_seg is not None,
+        "amends": None if inputs.predecessor is None else inputs.predecessor.sop_instance_uid,
+        "outputs": summary["outputs"],
+        "staged": len(staged),
+        "volume": describe_volume(volume, len(paths)),
+        "timings": {k: round(v, 6) for k, v in timings.items()},
+    }
+
+
+def _load(series_uid: str, paths: list[Path]) -> Volume:
+    try:
+        return load_series(paths)
     except VolumeError as exc:
         raise JobError(f"series {series_uid} cannot be loaded: {exc}", retryable=False) from exc
     except FileNotFoundError as exc:
@@ -62,25 +146,6 @@ def run_job(
             f"series {series_uid}: could not read the spool ({exc.strerror or exc}); will retry",
             retryable=True,
         ) from exc
-    timings[STAGE_LOAD] = round(time.perf_counter() - start, 6)
-    log.info(
-        "job %d: loaded series %s as a %s volume in %.2f s",
-        job.id,
-        series_uid,
-        "×".join(str(n) for n in volume.shape),
-        timings[STAGE_LOAD],
-    )
-    return {
-        "kind": job.kind,
-        "series_uid": series_uid,
-        "revision": job.revision,
-        "attempt": job.attempt,
-        "stages_run": [STAGE_LOAD],
-        "stages_not_built": list(STAGES_NOT_BUILT),
-        "prediction": None,
-        "volume": describe_volume(volume, len(paths)),
-        "timings": timings,
-    }
 
 
 def describe_volume(volume: Volume, n_instances: int) -> dict[str, Any]:
@@ -99,10 +164,18 @@ def describe_volume(volume: Volume, n_instances: int) -> dict[str, Any]:
     }
 
 
-def _instances(session_factory: sessionmaker[Session], job: ClaimedJob) -> tuple[str, list[str]]:
+def _inputs(session_factory: sessionmaker[Session], spool: Spool, job: ClaimedJob) -> JobInputs:
     try:
         with session_factory() as session:
-            series_uid = session.scalar(select(Series.series_uid).where(Series.id == job.series_id))
+            row = session.execute(
+                select(Series.series_uid, Series.study_id, Study.study_uid)
+                .join(Study, Study.id == Series.study_id)
+                .where(Series.id == job.series_id)
+            ).first()
+            if row is None:
+                raise JobError(
+                    f"job {job.id}: series {job.series_id} no longer exists", retryable=False
+                )
             relpaths = list(
                 session.scalars(
                     select(Instance.path)
@@ -110,13 +183,36 @@ def _instances(session_factory: sessionmaker[Session], job: ClaimedJob) -> tuple
                     .order_by(Instance.id)
                 )
             )
+            stored = session.scalar(
+                select(StudyCharacteristics).where(StudyCharacteristics.study_uid == row.study_uid)
+            )
+            characteristics = (
+                Characteristics(
+                    edema_index=stored.edema_index,
+                    necrosis=stored.necrosis,
+                    csf_cleft=stored.csf_cleft,
+                    capsular_enhancement=stored.capsular_enhancement,
+                )
+                if stored is not None
+                else Characteristics()
+            )
+            received = latest_received_seg(session, spool, row.study_id, row.series_uid)
+            previous = previous_sr(session, job.series_id, job.revision)
     except SQLAlchemyError as exc:
         raise JobError(
             f"job {job.id}: database unavailable ({exc.__class__.__name__}); will retry",
             retryable=True,
         ) from exc
-    if series_uid is None:
-        raise JobError(f"job {job.id}: series {job.series_id} no longer exists", retryable=False)
     if not relpaths:
-        raise JobError(f"series {series_uid} has no stored instances", retryable=False)
-    return series_uid, relpaths
+        raise JobError(f"series {row.series_uid} has no stored instances", retryable=False)
+    predecessor = None
+    if previous is not None:
+        predecessor = Predecessor(
+            study_uid=row.study_uid,
+            series_uid=previous["series_uid"],
+            sop_instance_uid=previous["sop_instance_uid"],
+            sop_class_uid=previous["sop_class_uid"],
+        )
+    return JobInputs(
+        row.series_uid, row.study_uid, relpaths, characteristics, received, predecessor
+    )

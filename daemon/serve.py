@@ -1,13 +1,15 @@
 """``ki67node serve``: the supervisor process.
 
 Main process: DICOM listener threads, the intake loop (completeness,
-decisions), the HTTP status server and the worker supervisor. Inference runs
+decisions), the HTTP status server, the worker supervisor and the delivery
+threads that send the outbox to the destinations. Inference runs
 in worker child processes only; torch is never imported here, so a crashing
 or out-of-memory worker never stops intake from the PACS.
 
 Signal handlers only set a flag. SIGTERM/SIGINT: stop accepting
 associations, let the ones in flight finish their instance, give running jobs
-back to the queue (or let them finish within the stop timeout), exit 0.
+back to the queue (or let them finish within the stop timeout), let each
+delivery thread finish the instance it is sending, exit 0.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from daemon.completeness import CompletenessTracker, receiving_series, sweep
 from daemon.db.engine import make_engine, make_sessionmaker, migrate, ping
 from daemon.db.models import Instance, Job, QuarantinedInstance, Series, SeriesDecision
 from daemon.decisions import decide, undecided
+from daemon.delivery import DeliveryService
 from daemon.http import StatusServer
 from daemon.ingest import IngestStore
 from daemon.jobs import JobQueue
 from daemon.listener import Listener
 from daemon.notify import SystemdNotifier, Watchdog
+from daemon.outbox import RESULTS_DIRNAME, remove_stale_parts
 from daemon.settings import Settings
 from daemon.spool import Spool
 from daemon.workers import WorkerSupervisor
@@ -39,6 +43,7 @@ from daemon.workers import WorkerSupervisor
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_SECONDS = 60.0
+DELIVERY_STOP_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass
@@ -119,6 +124,7 @@ class Node:
         )
         self.listener = Listener(settings, self.ingest, self.spool)
         self.supervisor = WorkerSupervisor(settings)
+        self.delivery = DeliveryService(settings, self.sessionmaker)
         self.http = StatusServer(
             settings,
             self.sessionmaker,
@@ -127,6 +133,7 @@ class Node:
                 "database": lambda: ping(self.engine),
                 "listener": self.listener.alive,
                 "workers": self.supervisor.alive,
+                "delivery": self.delivery.alive,
             },
         )
         self.notifier = SystemdNotifier.from_env()
@@ -137,6 +144,7 @@ class Node:
     def recover(self) -> None:
         """Bring the database and the spool back in line after any stop."""
         self.spool.clean_temp()
+        remove_stale_parts(self.settings.data_dir / RESULTS_DIRNAME)
         reconcile_spool(self.engine, self.spool, self.ingest)
         # Jobs left "running" by a previous process of this host are given
         # back by WorkerSupervisor.start() (it knows this host's worker ids).
@@ -149,6 +157,7 @@ class Node:
         self.recover()
         self.listener.start()
         self.supervisor.start()
+        self.delivery.start()
         self.http.start()
         self.notifier.ready()
         self.notifier.status(f"listening on port {self.listener.port}")
@@ -184,8 +193,11 @@ class Node:
     def stop(self) -> None:
         self.notifier.stopping()
         log.info("stopping: no new associations, finishing work in flight")
+        self.delivery.request_stop()  # winds down while the listener and workers stop
         self.listener.stop(timeout=min(30.0, STOP_TIMEOUT_SECONDS / 2))
         self.supervisor.stop(timeout=STOP_TIMEOUT_SECONDS / 2)
+        # After the workers: results they staged while stopping stay pending.
+        self.delivery.stop(timeout=DELIVERY_STOP_TIMEOUT_SECONDS)
         self.http.stop()
         self.ingest.close()
         self.engine.dispose()

@@ -88,16 +88,47 @@ class PipelineSettings:
     job_max_attempts: int = 3
     job_retry_backoff_seconds: float = 30.0
     job_timeout_seconds: float = 1800.0
+    segmentation: str = "unet"  # unet | nnunet
+    segmentation_model_dir: str = ""  # empty = bundled
+    radiomics: bool = True
+
+
+SEGMENTATION_BACKENDS = ("unet", "nnunet")
+DESTINATION_TYPES = ("dicom", "folder", "dicomweb")
+# The keys each destination type takes (besides name and type).
+_DESTINATION_KEYS = {
+    "dicom": ("ae_title", "host", "port"),
+    "folder": ("path",),
+    "dicomweb": ("url", "username", "password"),
+}
 
 
 @dataclass(frozen=True)
 class Destination:
+    """Where results go: a DICOM node (C-STORE), a folder, or a DICOMweb server (STOW-RS)."""
+
     name: str
-    type: str  # dicom | folder
+    type: str  # dicom | folder | dicomweb
     ae_title: str = ""
     host: str = ""
     port: int = 0
-    path: str = ""
+    path: str = ""  # folder: relative = under data_dir
+    url: str = ""  # dicomweb: STOW-RS base URL, e.g. http://pacs:8042/dicom-web
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """How the outbox is delivered: polling, batching, retries and network timeouts."""
+
+    poll_seconds: float = 2.0
+    batch_size: int = 50
+    retry_initial_seconds: float = 10.0
+    retry_max_seconds: float = 600.0
+    give_up_after_hours: float = 168.0
+    association_timeout_seconds: float = 30.0
+    dimse_timeout_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +157,7 @@ class Settings:
     filter: FilterSettings = field(default_factory=FilterSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     destinations: tuple[Destination, ...] = ()
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     followup: FollowupSettings = field(default_factory=FollowupSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
@@ -157,6 +189,7 @@ _SECTIONS: dict[str, type] = {
     "ingest": IngestSettings,
     "filter": FilterSettings,
     "pipeline": PipelineSettings,
+    "delivery": DeliverySettings,
     "followup": FollowupSettings,
     "http": HttpSettings,
     "logging": LoggingSettings,
@@ -306,27 +339,60 @@ def _destinations(raw: Any, problems: list) -> tuple[Destination, ...]:
         if name in names:
             problems.append((f"{key}.name", f"duplicate destination name '{name}'"))
         names.add(name)
-        if dtype == "dicom":
-            ae, host, port = item.get("ae_title"), item.get("host"), item.get("port")
-            if not isinstance(ae, str) or not _valid_ae(ae):
-                problems.append((f"{key}.ae_title", "must be 1-16 printable ASCII characters"))
-                ae = ""
-            if not isinstance(host, str) or not host:
-                problems.append((f"{key}.host", "must be a host name or address"))
-                host = ""
-            if not isinstance(port, int) or not 1 <= port <= 65535:
-                problems.append((f"{key}.port", "must be an integer 1-65535"))
-                port = 0
-            out.append(Destination(name=name, type="dicom", ae_title=ae, host=host, port=port))
-        elif dtype == "folder":
-            path = item.get("path", "")
-            if not isinstance(path, str):
-                problems.append((f"{key}.path", "must be a string"))
-                path = ""
-            out.append(Destination(name=name, type="folder", path=path))
-        else:
-            problems.append((f"{key}.type", f"must be 'dicom' or 'folder', got {dtype!r}"))
+        if dtype not in DESTINATION_TYPES:
+            problems.append(
+                (f"{key}.type", f"must be 'dicom', 'folder' or 'dicomweb', got {dtype!r}")
+            )
+            continue
+        for k in sorted(set(item) & allowed - {"name", "type", *_DESTINATION_KEYS[dtype]}):
+            problems.append((f"{key}.{k}", f"not used by type '{dtype}'"))
+        out.append(_destination(key, name, dtype, item, problems))
     return tuple(out)
+
+
+def _destination(key: str, name: str, dtype: str, item: dict, problems: list) -> Destination:
+    if dtype == "dicom":
+        ae, host, port = item.get("ae_title"), item.get("host"), item.get("port")
+        if not isinstance(ae, str) or not _valid_ae(ae):
+            problems.append((f"{key}.ae_title", "must be 1-16 printable ASCII characters"))
+            ae = ""
+        if not isinstance(host, str) or not host:
+            problems.append((f"{key}.host", "must be a host name or address"))
+            host = ""
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            problems.append((f"{key}.port", "must be an integer 1-65535"))
+            port = 0
+        return Destination(name=name, type=dtype, ae_title=ae, host=host, port=port)
+    if dtype == "folder":
+        path = item.get("path")
+        if not isinstance(path, str) or not path.strip():
+            problems.append((f"{key}.path", "must be a folder path (relative = under data_dir)"))
+            path = ""
+        elif not Path(path).is_absolute() and ".." in Path(path).parts:
+            problems.append((f"{key}.path", "a relative path must stay under data_dir (no '..')"))
+        return Destination(name=name, type=dtype, path=path)
+    url = item.get("url")
+    if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+        problems.append(
+            (f"{key}.url", "must be the STOW-RS base URL, e.g. http://pacs:8042/dicom-web")
+        )
+        url = ""
+    creds: dict[str, str] = {}
+    for k in ("username", "password"):
+        value = item.get(k, "")
+        if not isinstance(value, str):
+            problems.append((f"{key}.{k}", "must be a string"))
+            value = ""
+        creds[k] = value
+    if bool(creds["username"]) != bool(creds["password"]):
+        problems.append((f"{key}.username", "username and password must be given together"))
+    return Destination(
+        name=name,
+        type=dtype,
+        url=url.rstrip("/"),
+        username=creds["username"],
+        password=creds["password"],
+    )
 
 
 def _valid_ae(ae: str) -> bool:
@@ -399,9 +465,34 @@ def _validate(s: Settings, problems: list) -> None:
         problems.append(("pipeline.job_retry_backoff_seconds", "must be >= 0"))
     if p.job_timeout_seconds <= 0:
         problems.append(("pipeline.job_timeout_seconds", "must be > 0"))
+    if p.segmentation not in SEGMENTATION_BACKENDS:
+        problems.append(("pipeline.segmentation", "must be 'unet' or 'nnunet'"))
+    if p.segmentation_model_dir and not Path(p.segmentation_model_dir).is_dir():
+        problems.append(
+            ("pipeline.segmentation_model_dir", f"folder {p.segmentation_model_dir} does not exist")
+        )
+    _validate_delivery(s.delivery, problems)
     if not 0 < s.followup.max_diameter_mm <= 200:
         problems.append(("followup.max_diameter_mm", "must be > 0 and <= 200"))
     _check_bind("http.bind", s.http.bind, problems)
     _check_port("http.port", s.http.port, problems)
     if s.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append(("logging.level", "must be DEBUG, INFO, WARNING or ERROR"))
+
+
+def _validate_delivery(d: DeliverySettings, problems: list) -> None:
+    if not 0 < d.poll_seconds <= 3600:
+        problems.append(("delivery.poll_seconds", "must be > 0 and <= 3600"))
+    if not 1 <= d.batch_size <= 1000:
+        problems.append(("delivery.batch_size", "must be 1-1000"))
+    if not 0 < d.retry_initial_seconds <= 86400:
+        problems.append(("delivery.retry_initial_seconds", "must be > 0 and <= 86400"))
+    if not d.retry_initial_seconds <= d.retry_max_seconds <= 86400:
+        problems.append(
+            ("delivery.retry_max_seconds", "must be >= retry_initial_seconds and <= 86400")
+        )
+    if d.give_up_after_hours <= 0:
+        problems.append(("delivery.give_up_after_hours", "must be > 0"))
+    for key in ("association_timeout_seconds", "dimse_timeout_seconds"):
+        if not 0 < getattr(d, key) <= 3600:
+            problems.append((f"delivery.{key}", "must be > 0 and <= 3600"))

@@ -34,6 +34,8 @@ from daemon.db.models import (
     Study,
 )
 from daemon.errors import DatabaseError
+from daemon.outbox import FAILED as OUTBOX_FAILED
+from daemon.outbox import PENDING as OUTBOX_PENDING
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,6 @@ QUERY_TIMEOUT_SECONDS = 5
 # States the rest of the daemon writes; listed so that a zero still shows.
 SERIES_STATES = ("receiving", "complete", "decided")
 JOB_STATES = ("queued", "running", "done", "failed")
-OUTBOX_DELIVERED = "delivered"
 ERROR_LEVELS = ("error", "critical")
 DB_OK = "ok"
 DB_MISSING = "missing"
@@ -165,7 +166,7 @@ def query_status(conn: Connection) -> dict[str, Any]:
     oldest = dict(
         conn.execute(
             select(OutboxItem.destination, func.min(OutboxItem.created_at))
-            .where(OutboxItem.state != OUTBOX_DELIVERED)
+            .where(OutboxItem.state == OUTBOX_PENDING)
             .group_by(OutboxItem.destination)
         ).all()
     )
@@ -183,9 +184,9 @@ def query_status(conn: Connection) -> dict[str, Any]:
         "jobs": {"by_state": jobs_by_state},
         "outbox": {
             "by_destination": outbox,
-            "backlog": sum(
-                n for states in outbox.values() for s, n in states.items() if s != OUTBOX_DELIVERED
-            ),
+            # Pending only: failed rows are given up (counted apart), not waiting.
+            "backlog": sum(states.get(OUTBOX_PENDING, 0) for states in outbox.values()),
+            "failed": sum(states.get(OUTBOX_FAILED, 0) for states in outbox.values()),
             "oldest_pending": {dest: _iso(at) for dest, at in oldest.items() if at is not None},
         },
         "storage": {

@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -68,7 +67,7 @@ class _WorkerSpec:
     worker_id: str
     queue_factory: Callable[[], JobQueue]
     job_target: str
-    spool_root: Path
+    settings: Settings
     options: WorkerOptions
     log_level: str
     parent_pid: int
@@ -234,7 +233,7 @@ class WorkerSupervisor:
             worker_id=slot.worker_id,
             queue_factory=self.queue_factory,
             job_target=self.job_target,
-            spool_root=self.settings.spool_dir,
+            settings=self.settings,
             options=self.options,
             log_level=self.settings.logging.level,
             parent_pid=os.getpid(),
@@ -392,7 +391,7 @@ def worker_main(spec: _WorkerSpec, shared_job_id: Any, shared_started: Any) -> N
         shared_job_id.value = job.id
         current["job"] = job
         try:
-            _run_one(queue, target, spec.spool_root, job)
+            _run_one(queue, target, spec.settings, job)
         finally:
             current["job"] = None
             shared_job_id.value = 0
@@ -400,13 +399,13 @@ def worker_main(spec: _WorkerSpec, shared_job_id: Any, shared_started: Any) -> N
 
 
 def _run_one(
-    queue: JobQueue, target: Callable[..., dict[str, Any]], spool_root: Path, job: ClaimedJob
+    queue: JobQueue, target: Callable[..., dict[str, Any]], settings: Settings, job: ClaimedJob
 ) -> None:
     log.info("job %d (%s) attempt %d/%d started", job.id, job.kind, job.attempt, job.max_attempts)
     result: dict[str, Any] | None = None
     error, retryable = "", True
     try:
-        result = target(queue.sessionmaker, spool_root, job)
+        result = target(queue.sessionmaker, settings, job)
         if not isinstance(result, dict):
             raise TypeError(f"{job.kind} returned {type(result).__name__}, not a dict")
         json.dumps(result)  # a result the database cannot store is a bug: fail the attempt

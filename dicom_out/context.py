@@ -85,6 +85,8 @@ class OutputContext:
         studies = {str(ds.get("StudyInstanceUID", "")) for ds in self.source}
         if len(studies) != 1 or "" in studies:
             raise OutputError("source: every instance must carry the same StudyInstanceUID")
+        for ds in self.source:
+            add_missing_type2(ds)
 
     @property
     def first(self) -> Dataset:
@@ -131,6 +133,28 @@ def copy_patient_study(source: Dataset, target: Dataset, names: Sequence[str] = 
     for keyword in (*PATIENT_STUDY_KEYWORDS, *names):
         if keyword in source:
             target[keyword] = source[keyword]
+
+
+# Type 2 attributes of the Patient and General Study modules: a scanner or PACS may
+# leave them out; our objects must carry them (empty), and the builders may read them.
+TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def add_missing_type2(ds: Dataset) -> None:
+    """Give ``ds`` an empty value for each absent Type 2 patient/study attribute."""
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
 
 
 PATIENT_STUDY_KEYWORDS = (

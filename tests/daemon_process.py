@@ -73,10 +73,16 @@ def toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    """Write ``{section: {key: value}}`` as a TOML file."""
+def write_config(path: Path, sections: dict[str, Any]) -> Path:
+    """Write ``{section: {key: value}}`` as a TOML file; a list of dicts becomes ``[[section]]``."""
     lines: list[str] = []
     for section, values in sections.items():
+        if isinstance(values, list):
+            for table in values:
+                lines.append(f"[[{section}]]")
+                lines.extend(f"{key} = {toml_value(value)}" for key, value in table.items())
+                lines.append("")
+            continue
         lines.append(f"[{section}]")
         lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
         lines.append("")
@@ -152,7 +158,7 @@ class DaemonProcess:
     """
 
     folder: Path
-    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
     ae_title: str = "KI67NODE"
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
@@ -163,7 +169,7 @@ class DaemonProcess:
         self.folder = Path(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.folder / "data"
-        sections: dict[str, dict[str, Any]] = {
+        sections: dict[str, Any] = {
             "node": {
                 "ae_title": self.ae_title,
                 "bind": "127.0.0.1",
@@ -173,7 +179,10 @@ class DaemonProcess:
             "http": {"bind": "127.0.0.1", "port": self.http_port},
         }
         for section, values in self.settings.items():
-            sections.setdefault(section, {}).update(values)
+            if isinstance(values, list):  # an array of tables ([[destinations]])
+                sections[section] = values
+            else:
+                sections.setdefault(section, {}).update(values)
         self.config_path = write_config(self.folder / "ki67node.toml", sections)
 
     # -- lifecycle ---------------------------------------------------------------

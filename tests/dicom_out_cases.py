@@ -68,7 +68,7 @@ class BrightBlob(SegmentationBackend):
     def __init__(self, empty: bool = False) -> None:
         self.empty = empty
 
-    def segment(self, image_zyx, spacing, *, direction=None):  # type: ignore[no-untyped-def]
+    def segment(self, image_zyx, spacing, *, direction=None):
         mask = (image_zyx > 0.8 * float(image_zyx.max())).astype(np.uint8)
         if self.empty or not mask.any():
             none = np.zeros(image_zyx.shape, np.uint8)
@@ -79,7 +79,7 @@ class BrightBlob(SegmentationBackend):
 
 
 @functools.lru_cache(maxsize=1)
-def _predictor():  # type: ignore[no-untyped-def]
+def _predictor():
     from ai_core.model.predict import Predictor
 
     return Predictor(None, device="cpu")

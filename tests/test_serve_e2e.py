@@ -132,6 +132,11 @@ def succeeded(output: str) -> set[str]:
     return done
 
 
+def outbox_pending(node: DaemonProcess) -> int:
+    rows = query(node.data_dir, "SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
+    return int(rows[0][0])
+
+
 def send(node: DaemonProcess, series: list[SentSeries]) -> set[str]:
     """Send each series on its own association, all at once; files answered Success."""
     senders = [start_storescu(node, s) for s in series]
@@ -240,6 +245,7 @@ def processed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processed]:
         ok = send(node, list(study.series.values()))
         wait_for("every series decided", lambda: all_decided(node, study))
         wait_for("the job to finish", lambda: jobs_settled(node))
+        wait_for("the results delivered", lambda: outbox_pending(node) == 0)
         code, body = node.get("/metrics")
         assert code == 200, body[:300]
         metrics = {
@@ -286,7 +292,12 @@ def test_only_the_t1c_gets_a_job_and_the_worker_finishes_it(processed: Processed
     result = json.loads(found[0][3] or "null")
     assert "load" in result["stages_run"]
     assert result["volume"]["instances"] == len(processed.study.series[T1C].files)
-    assert result["prediction"] is None  # nothing pretends to predict yet
+    # the toy study's T1C holds no meningioma: "not assessable", said in an SR, no guess
+    assert result["status"] == "not_assessable" and result["prediction"] is None
+    assert [o["kind"] for o in result["outputs"]] == ["sr"]
+    # no destination configured: the default folder destination <data_dir>/outbox gets it
+    delivered = sorted(p.stem for p in (processed.node.data_dir / "outbox").rglob("*.dcm"))
+    assert delivered == [result["outputs"][0]["sop_instance_uid"]]
 
 
 def test_status_api_and_cli_show_the_processed_study(processed: Processed) -> None:

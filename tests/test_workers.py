@@ -38,23 +38,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- job functions run inside the workers ---------------------------------------------
-def sleepy_first_attempt(session_factory: Any, spool_root: Path, job: ClaimedJob) -> dict:
+def sleepy_first_attempt(session_factory: Any, settings: Settings, job: ClaimedJob) -> dict:
     if job.attempt == 1:
         time.sleep(120)
     return {"attempt": job.attempt, "timings": {"sleep": 0.0}}
 
 
-def short(session_factory: Any, spool_root: Path, job: ClaimedJob) -> dict:
+def short(session_factory: Any, settings: Settings, job: ClaimedJob) -> dict:
     time.sleep(1.0)
     return {"timings": {"sleep": 1.0}}
 
 
-def hang(session_factory: Any, spool_root: Path, job: ClaimedJob) -> dict:
+def hang(session_factory: Any, settings: Settings, job: ClaimedJob) -> dict:
     time.sleep(3600)
     return {}
 
 
-def crash(session_factory: Any, spool_root: Path, job: ClaimedJob) -> dict:
+def crash(session_factory: Any, settings: Settings, job: ClaimedJob) -> dict:
     os._exit(13)
 
 
@@ -195,7 +195,12 @@ def test_worker_runs_real_jobs_and_inherits_no_socket(
     job = env.job(ids[0])
     assert job.state == DONE and job.attempts == 1
     result = job.result or {}
-    assert result["stages_run"] == ["load"] and result["prediction"] is None
+    # a 5-slice toy volume holds no tumour: the full chain runs and reports "not assessable"
+    assert result["stages_run"][:3] == ["load", "preprocess", "segmentation"]
+    assert result["stages_run"][-2:] == ["build", "stage"]
+    assert result["status"] == "not_assessable" and result["prediction"] is None
+    assert [o["kind"] for o in result["outputs"]] == ["sr"]  # the PACS still hears why
+    assert result["staged"] == 1
     assert result["volume"]["shape_zyx"] == [5, ROWS, COLS]
     assert result["volume"]["spacing_xyz_mm"] == [0.5, 0.6, 2.0]
     assert result["volume"]["axis_codes"] == "LPS"
@@ -417,7 +422,7 @@ def test_run_job_refuses_damaged_spool_without_retry(
     job = _claimed(env, env.add_series(paths, "1.2.826.0.9.1"))
     damage(env, paths)
     with pytest.raises(JobError, match=message) as info:
-        run_job(env.sm, env.settings.spool_dir, job)
+        run_job(env.sm, env.settings, job)
     assert info.value.retryable is False
 
 
@@ -436,5 +441,5 @@ def test_run_job_retries_io_errors(
     job = _claimed(env, env.add_series(write_classic(tmp_path / "s", n=3), "1.2.826.0.9.2"))
     monkeypatch.setattr(pipeline, "load_series", io_error)
     with pytest.raises(JobError, match="could not read the spool .*Input/output error") as info:
-        pipeline.run_job(env.sm, env.settings.spool_dir, job)
+        pipeline.run_job(env.sm, env.settings, job)
     assert info.value.retryable is True

@@ -27,7 +27,8 @@ def make_engine(url: str, busy_timeout_ms: int = 30_000) -> Engine:
     kwargs: dict[str, Any] = {"future": True}
     if url.startswith("sqlite"):
         db_path = url.removeprefix("sqlite:///")
-        if db_path and db_path != ":memory:":
+        # A "file:...?uri=true" database is SQLite's URI form: the file must exist already.
+        if db_path and db_path != ":memory:" and not db_path.startswith("file:"):
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
     else:

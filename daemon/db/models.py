@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -153,6 +154,24 @@ class OutboxItem(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class StudyCharacteristics(Base):
+    """The radiologist's four radiological characteristics of a study's meningioma.
+
+    Entered with ``ki67node characteristics``; None = not known. Every change
+    re-runs the prediction for the study's qualifying series (amended SR).
+    """
+
+    __tablename__ = "study_characteristics"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    edema_index: Mapped[float | None] = mapped_column(Float)
+    necrosis: Mapped[bool | None] = mapped_column(Boolean)
+    csf_cleft: Mapped[bool | None] = mapped_column(Boolean)
+    capsular_enhancement: Mapped[bool | None] = mapped_column(Boolean)
+    entered_by: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class AuditEvent(Base):
