@@ -148,6 +148,23 @@ def _received_segs(series: dict[str, _Series]) -> dict[str, Path]:
     return found
 
 
+def _offline_key(series_uid: str, chars: Characteristics, seg: Path | None) -> str:
+    """Same inputs → same output UIDs (a re-run overwrites); other inputs → new UIDs."""
+    import hashlib
+
+    facts = json.dumps(
+        {"characteristics": chars.known(), "seg": "" if seg is None else _sop_uid(seg)},
+        sort_keys=True,
+    )
+    return f"{series_uid}/offline/{hashlib.sha256(facts.encode()).hexdigest()[:16]}"
+
+
+def _sop_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
 def cmd_process(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -183,11 +200,12 @@ def cmd_process(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(todo, desc="series", unit="series", disable=args.no_progress or not todo)
     for s, entry in bar:
+        received = segs.get(s.uid)
         request = ChainRequest(
             paths=s.paths,
-            job_key=f"{s.uid}/offline",
+            job_key=_offline_key(s.uid, chars, received),
             characteristics=chars,
-            received_seg=segs.get(s.uid),
+            received_seg=received,
         )
         try:
             result = run_chain(request, settings.pipeline)
@@ -195,7 +213,7 @@ def cmd_process(args: argparse.Namespace) -> int:
             entry.update(status="error", error=str(exc))
             failed += 1
             continue
-        entry.update(result.summary())
+        entry["result"] = result.summary()
         entry["files"] = _write(result.datasets, out)
         processed += 1
     (out / "summary.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -214,11 +232,12 @@ def _print_report(report: dict[str, Any], out: Path) -> None:
         if entry.get("status") == "error":
             print(f"ERROR     {desc[:40]:40} {entry['error']}")
             continue
-        pred = entry.get("prediction")
+        result = entry["result"]
+        pred = result["prediction"]
         if pred is None:
-            print(f"analysed  {desc[:40]:40} not assessable: {entry.get('reason')}")
+            print(f"analysed  {desc[:40]:40} not assessable: {result['reason']}")
             continue
-        m = entry["analysis"]["measurements"]
+        m = result["analysis"]["measurements"]
         print(
             f"analysed  {desc[:40]:40} {m['volume_cm3']:.1f} cm3, {m['max_diameter_mm']:.1f} mm; "
             f"P(Ki-67 >= 5 %) = {pred['probability_output1']:.2f} ({pred['class']}); "

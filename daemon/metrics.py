@@ -144,7 +144,10 @@ def _report_metrics(report: Mapping[str, Any]) -> Iterator[Metric]:
         ],
     )
     yield _gauge(
-        "ki67node_outbox_backlog", "outbox items not yet delivered", [], [(outbox["backlog"],)]
+        "ki67node_outbox_backlog",
+        "outbox items waiting for delivery (pending; failed items are counted by state)",
+        [],
+        [(outbox["backlog"],)],
     )
     storage = report["storage"]
     yield _gauge("ki67node_studies_stored", "studies in the database", [], [(storage["studies"],)])

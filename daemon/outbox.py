@@ -180,10 +180,9 @@ def stage_results(
                 retryable=True,
             ) from exc
         if not written[-1] and not _same_bytes(target, f.data):
-            log.warning(
-                "result %s already exists with other bytes; the first version is kept and sent",
-                f.relpath,
-            )
+            # e.g. an unchanged SEG of an earlier revision (its UIDs follow the mask):
+            # the staged version is the one the destinations have, or will, receive
+            log.info("result %s was staged before; the staged version is kept", f.relpath)
     queued = _queue(session_factory, job_id, files, destinations_of(settings), now)
     return [
         StagedObject(

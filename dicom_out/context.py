@@ -10,10 +10,13 @@ has a new key, new UIDs, and its SR names its predecessor.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from ai_core.analysis import ImageAnalysis
@@ -104,13 +107,28 @@ class OutputContext:
         """A UID (2.25 form) derived from the job key and ``parts``: stable across retries."""
         return derived_uid(self.job_key, *parts)
 
+    @functools.cached_property
+    def seg_key(self) -> str:
+        """The SEG's UIDs derive from the source series and the mask itself, not the job:
+        a re-run that finds the same mask (new characteristics, late duplicate) names the
+        same SEG, which the outbox then does not send again; a changed mask is a new SEG."""
+        mask = self.analysis.mask_source
+        if mask is None:
+            raise OutputError("seg_key: the analysis has no mask (not assessable)")
+        digest = hashlib.sha256(np.ascontiguousarray(mask != 0).tobytes())
+        digest.update(repr(mask.shape).encode())
+        seg = self.analysis.segmentation
+        return derived_uid(
+            self.source_series_uid, "seg", digest.hexdigest(), seg.backend, seg.version
+        )
+
     @property
     def seg_series_uid(self) -> str:
-        return self.uid("seg", "series")
+        return derived_uid(self.seg_key, "series")
 
     @property
     def seg_instance_uid(self) -> str:
-        return self.uid("seg", "instance")
+        return derived_uid(self.seg_key, "instance")
 
     @property
     def sc_series_uid(self) -> str:

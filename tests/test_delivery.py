@@ -23,8 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import AuditEvent, OutboxItem
 from daemon.delivery import AUDIT_OUTBOX_FAILED, DeliveryService
+from daemon.destinations import Destination
 from daemon.outbox import DELIVERED, FAILED, PENDING, stage_results
-from daemon.settings import Destination, Settings
+from daemon.settings import Settings
 from tests.conftest import free_port, with_destinations
 from tests.factories import make_mr_series
 from tests.orthanc import Orthanc, orthanc_fixture

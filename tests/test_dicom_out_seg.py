@@ -173,13 +173,25 @@ def test_geometry_and_references_rebuild_the_mask(built: Built) -> None:
     np.testing.assert_array_equal(by_ref != 0, mask != 0)
 
 
-def test_retry_gives_identical_seg_and_new_job_new_uids(built: Built) -> None:
+def test_seg_uids_follow_the_mask_not_the_job(built: Built) -> None:
     again = build_seg(built.ctx)
     assert _bytes(again) == _bytes(built.seg)
-    other = build_seg(dataclasses.replace(built.ctx, job_key="test-series/r1"))
+    # a new revision of the series with the same mask names the same SEG (not re-sent) ...
+    same = build_seg(dataclasses.replace(built.ctx, job_key="test-series/r1"))
+    assert same.SOPInstanceUID == built.seg.SOPInstanceUID
+    assert same.SeriesInstanceUID == built.seg.SeriesInstanceUID
+    # ... a changed mask is a new SEG, and the tumour keeps its tracking UID
+    mask = built.ctx.analysis.mask_source.copy()
+    z = int(np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0])
+    mask[z] = 0
+    changed = dataclasses.replace(
+        built.ctx,
+        job_key="test-series/r2",
+        analysis=dataclasses.replace(built.ctx.analysis, mask_source=mask),
+    )
+    other = build_seg(changed)
     assert other.SeriesInstanceUID != built.seg.SeriesInstanceUID
     assert other.SOPInstanceUID != built.seg.SOPInstanceUID
-    # the tumour keeps its tracking UID across revisions of the same series
     assert other.SegmentSequence[0].TrackingUID == built.seg.SegmentSequence[0].TrackingUID
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -99,7 +100,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, orthanc: Orthanc) -> Iterator
 
 
 def storescu(node: DaemonProcess, folder: Path) -> None:
-    cmd = [require_tool("storescu"), "-aet", "PACS", "-aec", node.ae_title, "+sd", "+r"]
+    # -R: propose only the SOP classes of the files (SEG is not in storescu's default list)
+    cmd = [require_tool("storescu"), "-R", "-aet", "PACS", "-aec", node.ae_title, "+sd", "+r"]
     cmd += ["127.0.0.1", str(node.dicom_port), str(folder)]
     run = subprocess.run(
         cmd, capture_output=True, text=True, env=clean_env({"TCP_NODELAY": "1"}), timeout=300
@@ -210,6 +212,8 @@ def test_pacs_down_then_back_gets_the_amended_sr_exactly_once(
     assert {i.sop_instance_uid for i in before} <= set(uids)
     srs = [i for i in after if i.sop_class_uid == Comprehensive3DSRStorage]
     assert len(srs) == 2
+    # the mask did not change: the same SEG stands, it is not sent a second time
+    assert sum(i.sop_class_uid == SegmentationStorage for i in after) == 1
     amended = [i for i in srs if i.sop_instance_uid != first_sr[0].sop_instance_uid][0]
     ds = pydicom.dcmread(_download(orthanc, amended.sop_instance_uid, tmp_path))
     predecessor = ds.PredecessorDocumentsSequence[0]
@@ -234,3 +238,69 @@ def _download(orthanc: Orthanc, sop_uid: str, folder: Path) -> Path:
     target = folder / f"{sop_uid}.dcm"
     target.write_bytes(data)
     return target
+
+
+def test_radiologist_seg_reruns_the_series_and_our_own_seg_routed_back_does_not(
+    node: DaemonProcess, orthanc: Orthanc, study: Study, tmp_path: Path
+) -> None:
+    before = ours(orthanc, study)
+    segs = [i for i in before if i.sop_class_uid == SegmentationStorage]
+    if len(segs) != 1:
+        pytest.skip("depends on the first test having delivered our SEG")
+    n_jobs = len(jobs(node.data_dir))
+    ours_back = _download(orthanc, segs[0].sop_instance_uid, tmp_path)
+    theirs = pydicom.dcmread(ours_back)
+    theirs.SeriesInstanceUID = pydicom.uid.generate_uid()
+    theirs.SOPInstanceUID = pydicom.uid.generate_uid()
+    theirs.file_meta.MediaStorageSOPInstanceUID = theirs.SOPInstanceUID
+    theirs.SeriesDescription = "meningioma corrected by radiologist"
+    theirs.SeriesNumber = 42
+    (tmp_path / "theirs").mkdir()
+    theirs.save_as(tmp_path / "theirs" / "seg.dcm", enforce_file_format=True)
+    (tmp_path / "ours").mkdir()
+    shutil.copy(ours_back, tmp_path / "ours" / "seg.dcm")
+
+    storescu(node, tmp_path / "ours")  # the PACS routing our own output back to us
+    wait_for(
+        "our SEG decided",
+        lambda: any(
+            "our own SEG" in r
+            for (r,) in query(node.data_dir, "SELECT reason FROM series_decisions")
+        ),
+        60,
+        node.log_tail,
+    )
+    assert len(jobs(node.data_dir)) == n_jobs  # no re-run for our own SEG
+
+    storescu(node, tmp_path / "theirs")
+    wait_for(
+        "the re-analysis with the radiologist's SEG",
+        lambda: len(jobs(node.data_dir)) == n_jobs + 1 and jobs(node.data_dir)[-1][1] == "done",
+        PROCESS_TIMEOUT_SECONDS,
+        node.log_tail,
+    )
+    wait_for("the backlog to drain", lambda: _backlog(node) == 0, 120, node.log_tail)
+    result = json.loads(jobs(node.data_dir)[-1][3])
+    assert result["received_seg"] is True
+    assert result["analysis"]["segmentation"]["backend"] == "received-seg"
+    assert "seg" not in [o["kind"] for o in result["outputs"]]  # theirs is used, not re-sent
+    after = ours(orthanc, study)
+    new = {i.sop_instance_uid for i in after} - {i.sop_instance_uid for i in before}
+    new_classes = Counter(i.sop_class_uid for i in after if i.sop_instance_uid in new)
+    # the radiologist's SEG itself is not in Orthanc (we never send it); a new SR and SCs are
+    assert new_classes[SegmentationStorage] == 0
+    assert new_classes[Comprehensive3DSRStorage] == 1
+    sr_uid = next(
+        i.sop_instance_uid
+        for i in after
+        if i.sop_instance_uid in new and i.sop_class_uid == Comprehensive3DSRStorage
+    )
+    sr = pydicom.dcmread(_download(orthanc, sr_uid, tmp_path))
+    evidence = {
+        str(ref.ReferencedSOPInstanceUID)
+        for item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in item.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    assert str(theirs.SOPInstanceUID) in evidence
+    assert "PredecessorDocumentsSequence" in sr

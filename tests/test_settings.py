@@ -104,6 +104,7 @@ def test_delivery_and_new_pipeline_defaults(tmp_path: Path) -> None:
     env = {
         "KI67NODE_DELIVERY__BATCH_SIZE": "5",
         "KI67NODE_PIPELINE__SEGMENTATION": "nnunet",
+        "KI67NODE_PIPELINE__SEGMENTATION_MODEL_DIR": f'"{tmp_path}"',
         "KI67NODE_PIPELINE__RADIOMICS": "false",
     }
     s = load_settings(None, env=env, base_dir=tmp_path)
@@ -142,6 +143,11 @@ def test_delivery_and_new_pipeline_defaults(tmp_path: Path) -> None:
             "does not exist",
         ),
         ({"PIPELINE__RADIOMICS": '"yes"'}, "pipeline.radiomics", "true or false"),
+        (
+            {"PIPELINE__SEGMENTATION": '"nnunet"'},
+            "pipeline.segmentation_model_dir",
+            "needs the trained model folder",
+        ),
     ],
     ids=[
         "poll-zero",
@@ -157,6 +163,7 @@ def test_delivery_and_new_pipeline_defaults(tmp_path: Path) -> None:
         "segmentation-backend",
         "segmentation-dir",
         "radiomics-text",
+        "nnunet-without-folder",
     ],
 )
 def test_bad_delivery_and_pipeline_values_name_the_key(
@@ -215,6 +222,11 @@ def test_dicomweb_and_folder_destinations_are_read(tmp_path: Path) -> None:
         ('type = "folder"', "destinations[0].path", "must be a folder path"),
         ('type = "folder"\npath = "../outside"', "destinations[0].path", "stay under data_dir"),
         ('type = "smtp"', "destinations[0].type", "'dicom', 'folder' or 'dicomweb'"),
+        (
+            'type = "dicomweb"\nurl = "https://u:pw@pacs/dw"',
+            "destinations[0].url",
+            "must not contain credentials",
+        ),
     ],
     ids=[
         "no-url",
@@ -225,6 +237,7 @@ def test_dicomweb_and_folder_destinations_are_read(tmp_path: Path) -> None:
         "folder-no-path",
         "folder-escapes",
         "unknown-type",
+        "credentials-in-url",
     ],
 )
 def test_bad_destinations_name_the_key(tmp_path: Path, body: str, key: str, message: str) -> None:
