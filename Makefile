@@ -34,6 +34,7 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --scripts-are-modules bench/ingest
 	$(BIN)/mypy --scripts-are-modules bench/pipeline
 	$(BIN)/mypy --scripts-are-modules bench/model
+	$(BIN)/mypy --scripts-are-modules bench/e2e
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)

@@ -36,6 +36,7 @@ class Run:
     summary: dict
     t1c_series_uid: str
     study_uid: str
+    truth_mask: Path | None = None
 
     def objects(self) -> dict[str, list[pydicom.Dataset]]:
         found: dict[str, list[pydicom.Dataset]] = {}
@@ -55,7 +56,9 @@ def first(tmp_path_factory: pytest.TempPathFactory) -> Run:
     source = cohort / row["case_id"]
     (source / "README.txt").write_text("not DICOM: must be skipped\n")
     out = tmp_path_factory.mktemp("out")
-    return _run(source, out, row["series_uid"])
+    run = _run(source, out, row["series_uid"])
+    run.truth_mask = cohort / "masks" / f"{row['case_id']}.nii.gz"
+    return run
 
 
 def _run(source: Path, out: Path, t1c: str, *extra: str) -> Run:
@@ -102,6 +105,32 @@ def test_writes_one_seg_one_sc_series_one_sr_valid_and_in_the_source_study(
     seg = found[SegmentationStorage][0]
     referenced = {str(i.SeriesInstanceUID) for i in seg.ReferencedSeriesSequence}
     assert referenced == {first.t1c_series_uid}
+
+
+def test_the_seg_placed_by_its_own_geometry_lies_on_the_true_tumour(first: Run) -> None:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from ai_core.volume import load_series
+    from dicom_out.preview import seg_mask_on_volume
+
+    files = [
+        p
+        for p in first.source.rglob("*.dcm")
+        if str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID)
+        == first.t1c_series_uid
+    ]
+    volume = load_series(files)
+    seg = first.objects()[SegmentationStorage][0]
+    placed = seg_mask_on_volume(seg, volume)
+    affine = volume.affine()
+    zyx = np.argwhere(placed > 0).mean(axis=0)
+    seg_centroid = affine[:3, :3] @ zyx[::-1] + affine[:3, 3]
+    assert first.truth_mask is not None
+    truth = sitk.ReadImage(str(first.truth_mask))
+    idx = np.argwhere(sitk.GetArrayFromImage(truth) > 0).mean(axis=0)[::-1]
+    truth_centroid = np.array(truth.TransformContinuousIndexToPhysicalPoint(idx.tolist()))
+    assert np.linalg.norm(seg_centroid - truth_centroid) < 5.0, (seg_centroid, truth_centroid)
 
 
 def test_second_run_with_radiologist_seg_and_characteristics(first: Run, tmp_path: Path) -> None:
