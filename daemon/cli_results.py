@@ -171,6 +171,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     from daemon.chain import ChainRequest, run_chain
     from daemon.cli import _load, setup_logging
     from daemon.series_filter import decide_series
+    from dicom_out.context import OutputError
 
     settings = _load(args)
     setup_logging("WARNING" if not args.debug else "DEBUG")
@@ -209,7 +210,7 @@ def cmd_process(args: argparse.Namespace) -> int:
         )
         try:
             result = run_chain(request, settings.pipeline)
-        except AiCoreError as exc:
+        except (AiCoreError, OutputError) as exc:
             entry.update(status="error", error=str(exc))
             failed += 1
             continue

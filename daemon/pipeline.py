@@ -31,7 +31,7 @@ from daemon.jobs import ClaimedJob
 from daemon.reanalysis import latest_received_seg, previous_sr
 from daemon.settings import Settings
 from daemon.spool import Spool
-from dicom_out.context import Predecessor
+from dicom_out.context import OutputError, Predecessor
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def run_job(
     )
     try:
         chain = run_chain(request, settings.pipeline, volume=volume)
-    except AiCoreError as exc:
+    except (AiCoreError, OutputError) as exc:  # bad data or unsupported: a retry cannot help
         raise JobError(f"series {series_uid}: {exc}", retryable=False) from exc
     except MemoryError as exc:
         raise JobError(f"series {series_uid}: out of memory; will retry", retryable=True) from exc

@@ -443,3 +443,22 @@ def test_run_job_retries_io_errors(
     with pytest.raises(JobError, match="could not read the spool .*Input/output error") as info:
         pipeline.run_job(env.sm, env.settings, job)
     assert info.value.retryable is True
+
+
+def test_run_job_fails_without_retry_when_an_output_cannot_be_built(
+    make_env: Callable[..., Env], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import daemon.chain as chain
+    from daemon.errors import JobError
+    from daemon.pipeline import run_job
+    from dicom_out.context import OutputError
+
+    def unsupported(*_args: object, **_kwargs: object) -> None:
+        raise OutputError("no SEG: the volume mixes single- and multi-frame images")
+
+    env = make_env()
+    job = _claimed(env, env.add_series(write_classic(tmp_path / "s", n=3), "1.2.826.0.9.3"))
+    monkeypatch.setattr(chain, "run_chain", unsupported)
+    with pytest.raises(JobError, match="mixes single- and multi-frame") as info:
+        run_job(env.sm, env.settings, job)
+    assert info.value.retryable is False
