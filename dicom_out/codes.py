@@ -148,6 +148,21 @@ ASSESSABLE = _private("ASSESSABLE", "Assessable")
 NOT_ASSESSABLE = _private("NOT-ASSESSABLE", "Not assessable")
 NOT_ASSESSABLE_REASON = _private("NA-REASON", "Reason not assessable")
 
+# Growth against the patient's prior study (surveillance). No DICOM (CID 7xxx, PS3.16
+# "DCM") or SNOMED CT concept for a volume change, annualised growth rate, volume
+# doubling time or a growth endpoint was found: private on purpose.
+PRIOR_VOLUME = _private("PRIOR-VOLUME", "Tumour volume on the prior study")
+VOLUME_CHANGE = _private("VOLUME-CHANGE", "Tumour volume change since the prior study")
+ANNUAL_GROWTH = _private("ANNUAL-GROWTH", "Annualised tumour volume growth rate")
+DOUBLING_TIME = _private("DOUBLING-TIME", "Tumour volume doubling time")
+INTERVAL = _private("PRIOR-INTERVAL", "Interval since the prior study")
+GROWTH = _private("GROWTH", "Tumour growth (volume increase at or above the threshold)")
+PRIOR_STUDY = _private("PRIOR-STUDY", "Prior study compared with")
+PERCENT = CodedConcept("%", "UCUM", "percent")
+PERCENT_PER_YEAR = CodedConcept("%/a", "UCUM", "percent per year")
+YEAR = CodedConcept("a", "UCUM", "year")
+DAY = CodedConcept("d", "UCUM", "day")
+
 # TID 1500 row "Qualitative Evaluations" container (UMLS C0034375) and its TEXT item.
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 COMMENT = _dcm("121106", "Comment")  # CID 12101 / TID 1500 free-text comment

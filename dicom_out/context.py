@@ -59,6 +59,22 @@ class Predecessor:
     sop_class_uid: str
 
 
+@dataclass(frozen=True)
+class PriorComparison:
+    """The same patient's meningioma on an earlier study (surveillance): what the SR reports."""
+
+    prior_study_uid: str
+    prior_study_date: dt.date | None
+    prior_volume_cm3: float
+    volume_cm3: float
+    interval_days: int | None
+    change_percent: float
+    grown: bool
+    threshold_percent: float  # growth = a volume increase of at least this much
+    annual_growth_percent: float | None = None
+    doubling_time_years: float | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class OutputContext:
     """Everything the SEG, SC and SR builders need for one analysed series.
@@ -79,6 +95,7 @@ class OutputContext:
     created: dt.datetime = field(default_factory=lambda: dt.datetime.now().replace(microsecond=0))
     characteristics_source: str = "not provided"  # who gave the characteristics
     predecessor: Predecessor | None = None
+    prior: PriorComparison | None = None  # growth against the patient's earlier study
 
     def __post_init__(self) -> None:
         if not self.source:

@@ -15,7 +15,10 @@ Content tree (codes in :mod:`dicom_out.codes`)::
     │     ├─ threshold value, edema index (when known)
     │     ├─ class, growth-risk group, inputs used (yes/no each), analysis status,
     │     │  necrosis / CSF cleft / capsular enhancement (when known), location
-    │     └─ TEXT: who gave the characteristics; or why not assessable
+    │     ├─ prior volume, volume change (%), interval, annual growth, doubling
+    │     │  time, growth yes/no                                     [follow-up study]
+    │     └─ TEXT: who gave the characteristics; the prior compared with; or why
+    │        not assessable
     └─ Qualitative Evaluations: TEXT comment = the disclaimer
 
 A not-assessable analysis still yields a valid SR: a TID 1501 group with the
@@ -52,6 +55,7 @@ from dicom_out.context import (
     SERIES_NUMBER_SR,
     OutputContext,
     OutputError,
+    PriorComparison,
     derived_uid,
 )
 from dicom_out.seg import SEGMENT_LABEL, pin_creation_times, tracking_uid
@@ -279,6 +283,31 @@ def _measurements(ctx: OutputContext) -> list[Measurement]:
         out.append(
             Measurement(codes.EDEMA_INDEX, round(float(edema), ROUNDING["edema"]), codes.RATIO)
         )
+    return out + _growth_measurements(ctx)
+
+
+def _growth_measurements(ctx: OutputContext) -> list[Measurement]:
+    c = ctx.prior
+    if c is None or not ctx.analysis.ok:
+        return []
+    out = [
+        Measurement(
+            codes.PRIOR_VOLUME,
+            round(c.prior_volume_cm3, ROUNDING["volume"]),
+            codes.CUBIC_CENTIMETER,
+        ),
+        Measurement(codes.VOLUME_CHANGE, round(c.change_percent, 2), codes.PERCENT),
+    ]
+    if c.interval_days is not None:
+        out.append(Measurement(codes.INTERVAL, float(c.interval_days), codes.DAY))
+    if c.annual_growth_percent is not None:
+        out.append(
+            Measurement(
+                codes.ANNUAL_GROWTH, round(c.annual_growth_percent, 2), codes.PERCENT_PER_YEAR
+            )
+        )
+    if c.doubling_time_years is not None:
+        out.append(Measurement(codes.DOUBLING_TIME, round(c.doubling_time_years, 2), codes.YEAR))
     return out
 
 
@@ -305,6 +334,8 @@ def _evaluations(ctx: OutputContext) -> list[QualitativeEvaluation]:
     m = ctx.analysis.measurements if ctx.analysis.ok else None
     if m is not None and m.location in codes.LOCATIONS:
         out.append(QualitativeEvaluation(codes.LOCATION, codes.LOCATIONS[m.location]))
+    if ctx.prior is not None and ctx.analysis.ok:
+        out.append(QualitativeEvaluation(codes.GROWTH, codes.YES if ctx.prior.grown else codes.NO))
     return out
 
 
@@ -313,9 +344,23 @@ def _texts(ctx: OutputContext) -> Sequence[TextContentItem]:
     if p is None:
         reason = ctx.analysis.reason if not ctx.analysis.ok else "the model gave no prediction"
         return [_text(codes.NOT_ASSESSABLE_REASON, reason or "not given")]
+    out = []
     if p.characteristics:
-        return [_text(codes.CHARACTERISTICS_SOURCE, ctx.characteristics_source)]
-    return []
+        out.append(_text(codes.CHARACTERISTICS_SOURCE, ctx.characteristics_source))
+    if ctx.prior is not None and ctx.analysis.ok:
+        out.append(_text(codes.PRIOR_STUDY, prior_text(ctx.prior)))
+    return out
+
+
+def prior_text(c: PriorComparison) -> str:
+    """One readable line: the prior study, its volume and the change."""
+    when = c.prior_study_date.isoformat() if c.prior_study_date else "date unknown"
+    verdict = "growth" if c.grown else "no growth"
+    return (
+        f"Compared with the study of {when} (Study Instance UID {c.prior_study_uid}): "
+        f"{c.prior_volume_cm3:.2f} -> {c.volume_cm3:.2f} cm3, {c.change_percent:+.1f} % "
+        f"({verdict}; threshold {c.threshold_percent:.0f} %)"
+    )
 
 
 def _text(name: CodedConcept, value: str) -> TextContentItem:

@@ -8,6 +8,7 @@ SEG, and not assessable. Contexts are built once per module.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import io
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from dicom_out.context import (
     OutputContext,
     OutputError,
     Predecessor,
+    PriorComparison,
 )
 from dicom_out.seg import build_seg, tracking_uid
 from dicom_out.sr import SYNTHETIC_NOTE, build_sr
@@ -101,6 +103,25 @@ def without_seg(with_characteristics: Case) -> Case:
     return _case(with_characteristics.ctx, with_seg=False)
 
 
+PRIOR = PriorComparison(
+    prior_study_uid="1.2.826.0.1.3680043.10.99.77",
+    prior_study_date=dt.date(2024, 1, 15),
+    prior_volume_cm3=2.0,
+    volume_cm3=2.5,
+    interval_days=731,
+    change_percent=25.0,
+    grown=True,
+    threshold_percent=15.0,
+    annual_growth_percent=11.8,
+    doubling_time_years=6.2,
+)
+
+
+@pytest.fixture(scope="module")
+def follow_up(with_characteristics: Case) -> Case:
+    return _case(dataclasses.replace(with_characteristics.ctx, prior=PRIOR))
+
+
 # -- helpers over the read-back content tree ----------------------------------------------
 def _report(case: Case) -> hd.sr.MeasurementReport:
     report = case.back.content
@@ -144,7 +165,7 @@ def _text(item: Dataset, name: CodedConcept) -> list[str]:
 
 # -- validity ------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "state", ["with_characteristics", "amended", "not_assessable", "without_seg"]
+    "state", ["with_characteristics", "amended", "not_assessable", "without_seg", "follow_up"]
 )
 def test_every_state_passes_dciodvfy(
     state: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -350,3 +371,19 @@ def test_private_codes_fit_their_value_representations() -> None:
         assert len(concept.meaning) <= 64, concept.meaning  # LO
         assert concept.scheme_designator == codes.PRIVATE_SCHEME
     assert len({c.value for c in private}) == len(private)
+
+
+def test_follow_up_reports_growth_against_the_prior(follow_up: Case) -> None:
+    assert _value(follow_up, codes.PRIOR_VOLUME) == pytest.approx(2.0)
+    assert _value(follow_up, codes.VOLUME_CHANGE) == pytest.approx(25.0)
+    assert _value(follow_up, codes.INTERVAL) == pytest.approx(731)
+    assert _value(follow_up, codes.ANNUAL_GROWTH) == pytest.approx(11.8)
+    assert _value(follow_up, codes.DOUBLING_TIME) == pytest.approx(6.2)
+    assert _coded(follow_up, codes.GROWTH) == codes.YES
+    (line,) = _text(follow_up.sr, codes.PRIOR_STUDY)
+    assert "2024-01-15" in line and PRIOR.prior_study_uid in line and "+25.0 %" in line
+
+
+def test_first_study_has_no_growth_items(with_characteristics: Case) -> None:
+    assert _coded(with_characteristics, codes.GROWTH) is None
+    assert _text(with_characteristics.sr, codes.PRIOR_STUDY) == []
