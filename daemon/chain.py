@@ -13,7 +13,7 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from ai_core.volume import Volume, load_series
 from daemon import __version__
 from daemon.settings import PipelineSettings
 from dicom_out.build import build_outputs, kind_of
-from dicom_out.context import OutputContext, Predecessor
+from dicom_out.context import OutputContext, Predecessor, PriorComparison
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class ChainResult:
     analysis: ImageAnalysis
     prediction: Prediction | None
     timings: dict[str, float]
+    prior: PriorComparison | None = None
 
     def outputs(self) -> list[dict[str, str]]:
         return [
@@ -75,6 +76,7 @@ class ChainResult:
             "analysis": self.analysis.summary(),
             "prediction": None if self.prediction is None else self.prediction.summary(),
             "outputs": self.outputs(),
+            "growth": None if self.prior is None else _json_safe(self.prior),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -117,10 +119,21 @@ def models_for(cfg: PipelineSettings) -> Models:
     )
 
 
+PriorHook = Callable[[ImageAnalysis, Prediction, Dataset], PriorComparison | None]
+
+
 def run_chain(
-    request: ChainRequest, cfg: PipelineSettings, volume: Volume | None = None
+    request: ChainRequest,
+    cfg: PipelineSettings,
+    volume: Volume | None = None,
+    prior: PriorHook | None = None,
 ) -> ChainResult:
-    """Analyse the series, predict, build the objects. ai_core errors propagate."""
+    """Analyse the series, predict, build the objects. ai_core errors propagate.
+
+    ``prior`` (the daemon's surveillance) is called with the analysis, the
+    prediction and the first source header before the objects are built; the
+    comparison it returns goes into the SR.
+    """
     timings: dict[str, float] = {}
     if volume is None:
         start = time.perf_counter()
@@ -140,6 +153,9 @@ def run_chain(
         timings.update(prediction.timings_s)
     start = time.perf_counter()
     source = tuple(pydicom.dcmread(p, stop_before_pixels=True) for p in request.paths)
+    comparison = None
+    if prior is not None and prediction is not None:
+        comparison = prior(analysis, prediction, source[0])
     received = None
     if request.received_seg is not None and analysis.ok:
         received = pydicom.dcmread(request.received_seg, stop_before_pixels=True)
@@ -155,6 +171,7 @@ def run_chain(
         if request.characteristics.any_known
         else CHARACTERISTICS_NONE,
         predecessor=request.predecessor,
+        prior=comparison,
     )
     datasets = build_outputs(ctx, received)
     timings["build"] = time.perf_counter() - start
@@ -164,4 +181,13 @@ def run_chain(
         len(datasets),
         ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
     )
-    return ChainResult(datasets, analysis, prediction, timings)
+    return ChainResult(datasets, analysis, prediction, timings, comparison)
+
+
+def _json_safe(prior: PriorComparison) -> dict[str, Any]:
+    import dataclasses
+
+    out = dataclasses.asdict(prior)
+    if prior.prior_study_date is not None:
+        out["prior_study_date"] = prior.prior_study_date.isoformat()
+    return out
