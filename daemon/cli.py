@@ -93,6 +93,25 @@ def cmd_synth(args: argparse.Namespace) -> int:
     setup_logging("INFO")
     from ai_core.synth import generate_cohort
 
+    if args.longitudinal or args.baseline_only:
+        from ai_core.synth.longitudinal import generate_longitudinal
+
+        growth = generate_longitudinal(
+            Path(args.out_dir),
+            cases=args.cases,
+            seed=args.seed,
+            profile=args.profile,
+            size=args.size,
+            progress=not args.no_progress,
+            write_followups=not args.baseline_only,
+        )
+        print(
+            f"wrote {growth.patients} surveillance patient(s) to {growth.cohort.out_dir} "
+            f"({growth.events} with growth, {growth.followup_studies_written} follow-up "
+            f"studies written)\ngrowth manifest: {growth.growth_manifest_csv}\n"
+            f"{DISCLAIMER}; synthetic data, no patient"
+        )
+        return 0
     summary = generate_cohort(
         Path(args.out_dir),
         cases=args.cases,
@@ -147,13 +166,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--size", choices=("full", "small"), default="full", help="full 1 mm or small fast cases"
     )
+    p.add_argument(
+        "--longitudinal",
+        action="store_true",
+        help="surveillance patients (small asymptomatic meningiomas) with follow-up studies "
+        "and growth ground truth; writes growth_manifest.csv (docs/growth-analysis.md)",
+    )
+    p.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="with --longitudinal: write only the baseline studies (follow-ups in the truth only)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
+    from daemon.cli_followups import add_followup_commands
+    from daemon.cli_growth import add_growth_commands
     from daemon.cli_model import add_model_commands
     from daemon.cli_results import add_result_commands
 
     add_model_commands(sub)
     add_result_commands(sub)
+    add_followup_commands(sub)
+    add_growth_commands(sub)
     return parser
 
 

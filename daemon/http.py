@@ -1,17 +1,19 @@
-"""The HTTP status server: ``/healthz``, ``/metrics`` (Prometheus), ``/api/status``.
+"""The HTTP status server: ``/healthz``, ``/metrics``, ``/api/status``, ``/api/followups``.
 
 Standard library only (``http.server``), one short-lived thread per request,
 bounded three ways so that a misbehaving client can never pin the daemon:
 at most :data:`MAX_CONCURRENT_REQUESTS` requests at once (extras get a 503 and
 are closed), a socket timeout per read, and a hard deadline per connection
 enforced by the serving loop. Responses carry counts and reasons, never
-patient data. Database reads go through a separate read engine
+patient data, except ``/api/followups`` (the follow-up list, read-only: it
+names patients, which is why ``http.bind`` defaults to 127.0.0.1). Database reads go through a separate read engine
 (:func:`daemon.status.make_read_engine`), so a scrape never takes SQLite's
 write lock and a broken database only turns ``ki67node_database_up`` to 0.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import socket
@@ -23,10 +25,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from daemon import __version__
 from daemon.errors import DatabaseError
@@ -43,7 +46,7 @@ SOCKET_TIMEOUT_SECONDS = 10.0  # one read or write on a client socket
 REQUEST_DEADLINE_SECONDS = 30.0  # a whole connection, however slowly it trickles
 HEALTH_CHECK_TIMEOUT_SECONDS = 5.0
 POLL_INTERVAL_SECONDS = 0.5
-ROUTES = ("/healthz", "/metrics", "/api/status")
+ROUTES = ("/healthz", "/metrics", "/api/status", "/api/followups")
 JSON_TYPE = "application/json"
 _BUSY_BODY = b'{"error": "too many concurrent requests, retry shortly"}'
 _BUSY_RESPONSE = (
@@ -170,6 +173,16 @@ class StatusServer:
             self._engine = make_read_engine(self.settings)
         return collect_status(self.settings, self._engine)
 
+    def followups_report(self, due_before: dt.date | None) -> dict[str, Any]:
+        """The follow-up list (:func:`daemon.cli_followups.followup_report`) on the read engine."""
+        from daemon.cli_followups import database_missing, followup_report
+
+        if database_missing(self.settings):
+            return followup_report(None, due_before=due_before)  # never create it here
+        if self._engine is None:
+            self._engine = make_read_engine(self.settings)
+        return followup_report(self._engine, due_before=due_before)
+
     def metrics_text(self) -> bytes:
         """The process counters plus the database gauges, Prometheus text format."""
         return generate_latest(self._registry) + generate_latest(self._db_registry)
@@ -260,6 +273,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.OK, CONTENT_TYPE_LATEST, self.app.metrics_text())
             elif path == "/api/status":
                 self._api_status()
+            elif path == "/api/followups":
+                self._api_followups(parse_qs(urlsplit(self.path).query))
             else:
                 self._send_json(
                     HTTPStatus.NOT_FOUND, {"error": f"no such path {path!r}", "endpoints": ROUTES}
@@ -276,6 +291,27 @@ class _Handler(BaseHTTPRequestHandler):
             report = self.app.status_report()
         except DatabaseError as exc:
             self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return
+        self._send_json(HTTPStatus.OK, report)
+
+    def _api_followups(self, query: dict[str, list[str]]) -> None:
+        due_before = None
+        if query.get("due_before"):
+            try:
+                due_before = dt.date.fromisoformat(query["due_before"][0])
+            except ValueError:
+                self._send_json(
+                    HTTPStatus.BAD_REQUEST, {"error": "due_before must be a date, YYYY-MM-DD"}
+                )
+                return
+        try:
+            report = self.app.followups_report(due_before)
+        except SQLAlchemyError as exc:
+            log.warning("HTTP: the follow-up list could not be read: %s", exc.__class__.__name__)
+            self._send_json(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                {"error": "the database could not be read; the daemon log has the details"},
+            )
             return
         self._send_json(HTTPStatus.OK, report)
 

@@ -371,9 +371,9 @@ class IngestStore:
             # association stored it just now).
             with self._writing() as conn:
                 existing = conn.execute(
-                    select(Instance.sha256, Instance.series_id).where(
-                        Instance.sop_instance_uid == sop_uid
-                    )
+                    select(
+                        Instance.id, Instance.sha256, Instance.series_id, Instance.purged_at
+                    ).where(Instance.sop_instance_uid == sop_uid)
                 ).first()
             if existing is None:
                 raise
@@ -388,6 +388,16 @@ class IngestStore:
     def _duplicate(
         self, sop_uid: str, existing: Any, relpath: str, size: int, sha256: str, aet: str
     ) -> StoreOutcome:
+        if existing.sha256 == sha256 and existing.purged_at is not None:
+            # Spool retention deleted the first copy: this one takes its place.
+            with self._writing() as conn:
+                conn.execute(
+                    update(Instance)
+                    .where(Instance.id == existing.id)
+                    .values(path=relpath, purged_at=None)
+                )
+            log.info("instance %s received again after retention purged it: restored", sop_uid)
+            return StoreOutcome(Status.SUCCESS, series_id=existing.series_id, duplicate=True)
         if existing.sha256 == sha256:
             self.spool.delete(relpath)
             metrics.DUPLICATES.labels(kind="identical").inc()

@@ -12,26 +12,33 @@ and the PACS never sees duplicates.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from pydicom.dataset import Dataset
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ai_core.errors import AiCoreError, VolumeError
 from ai_core.model.inputs import Characteristics
 from ai_core.volume import Volume, load_series
-from daemon.db.models import Instance, Series, Study, StudyCharacteristics
+from daemon.db.models import Instance, Series, Study, StudyCharacteristics, utcnow
 from daemon.errors import JobError, SpoolError
 from daemon.jobs import ClaimedJob
 from daemon.reanalysis import latest_received_seg, previous_sr
-from daemon.settings import Settings
+from daemon.settings import FollowupSettings, Settings
 from daemon.spool import Spool
-from dicom_out.context import OutputError, Predecessor
+from daemon.surveillance import Finding, SurveillanceError, SurveillanceOutcome, record_finding
+from dicom_out.context import OutputError, Predecessor, PriorComparison
+
+if TYPE_CHECKING:  # torch-free at import: the serving process imports this module's names
+    from ai_core.analysis import ImageAnalysis
+    from ai_core.model.predict import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +94,16 @@ def run_job(
         received_seg=inputs.received_seg,
         predecessor=inputs.predecessor,
     )
+    surveillance = Surveillance(session_factory, settings.followup, inputs)
     try:
-        chain = run_chain(request, settings.pipeline, volume=volume)
+        chain = run_chain(request, settings.pipeline, volume=volume, prior=surveillance)
     except (AiCoreError, OutputError) as exc:  # bad data or unsupported: a retry cannot help
         raise JobError(f"series {series_uid}: {exc}", retryable=False) from exc
+    except SQLAlchemyError as exc:
+        raise JobError(
+            f"job {job.id}: database unavailable while recording the finding; will retry",
+            retryable=True,
+        ) from exc
     except MemoryError as exc:
         raise JobError(f"series {series_uid}: out of memory; will retry", retryable=True) from exc
     timings.update(chain.timings)
@@ -124,10 +137,83 @@ def run_job(
         "received_seg": inputs.received_seg is not None,
         "amends": None if inputs.predecessor is None else inputs.predecessor.sop_instance_uid,
         "outputs": summary["outputs"],
+        "growth": summary["growth"],
+        "surveillance": surveillance.summary(),
         "staged": len(staged),
         "volume": describe_volume(volume, len(paths)),
         "timings": {k: round(v, 6) for k, v in timings.items()},
     }
+
+
+class Surveillance:
+    """The chain's prior hook: record the finding, return the growth against the prior.
+
+    Runs in its own transaction (the finding is stored once per series, so a
+    retried job updates it); a problem with the follow-up rules is logged and
+    the report goes out without the comparison rather than not at all.
+    """
+
+    def __init__(
+        self, session_factory: sessionmaker[Session], cfg: FollowupSettings, inputs: JobInputs
+    ) -> None:
+        self.session_factory = session_factory
+        self.cfg = cfg
+        self.inputs = inputs
+        self.outcome: SurveillanceOutcome | None = None
+
+    def __call__(
+        self, analysis: ImageAnalysis, prediction: Prediction, header: Dataset
+    ) -> PriorComparison | None:
+        m = analysis.measurements
+        if m is None:
+            return None
+        finding = Finding(
+            patient_id=str(header.get("PatientID", "") or ""),
+            issuer=str(header.get("IssuerOfPatientID", "") or ""),
+            study_uid=self.inputs.study_uid,
+            series_uid=self.inputs.series_uid,
+            study_date=_dicom_date(header.get("StudyDate")),
+            volume_cm3=float(m.volume_cm3),
+            max_diameter_mm=float(m.max_diameter_mm),
+            location=m.location,
+            side=m.side,
+            risk_group=prediction.risk_group,
+            probability=float(prediction.probability_output1),
+        )
+        try:
+            with self.session_factory.begin() as session:
+                self.outcome = record_finding(session, self.cfg, finding, now=utcnow())
+        except SurveillanceError as exc:
+            log.warning("series %s: follow-up rules not applied: %s", finding.series_uid, exc)
+            return None
+        c = self.outcome.comparison
+        if c is None:
+            return None
+        return PriorComparison(
+            prior_study_uid=c.prior_study_uid,
+            prior_study_date=c.prior_study_date,
+            prior_volume_cm3=c.prior_volume_cm3,
+            volume_cm3=c.volume_cm3,
+            interval_days=c.interval_days,
+            change_percent=c.change_percent,
+            grown=c.grown,
+            threshold_percent=self.cfg.growth_threshold_percent,
+            annual_growth_percent=c.annual_growth_percent,
+            doubling_time_years=c.doubling_time_years,
+        )
+
+    def summary(self) -> dict[str, Any] | None:
+        if self.outcome is None:
+            return None
+        return {"note": self.outcome.note, "followup": self.outcome.followup}
+
+
+def _dicom_date(value: object) -> dt.date | None:
+    text = str(value or "").strip()
+    try:
+        return dt.datetime.strptime(text[:8], "%Y%m%d").date() if len(text) >= 8 else None
+    except ValueError:
+        return None
 
 
 def _load(series_uid: str, paths: list[Path]) -> Volume:
@@ -183,6 +269,15 @@ def _inputs(session_factory: sessionmaker[Session], spool: Spool, job: ClaimedJo
                     .order_by(Instance.id)
                 )
             )
+            purged = session.scalar(
+                select(func.max(Instance.purged_at)).where(Instance.series_id == job.series_id)
+            )
+            if purged is not None:
+                raise JobError(
+                    f"series {row.series_uid}: its images were removed by spool retention "
+                    f"({purged:%Y-%m-%d}); send the series again to analyse it",
+                    retryable=False,
+                )
             stored = session.scalar(
                 select(StudyCharacteristics).where(StudyCharacteristics.study_uid == row.study_uid)
             )

@@ -1,8 +1,9 @@
 """``ki67node serve``: the supervisor process.
 
 Main process: DICOM listener threads, the intake loop (completeness,
-decisions), the HTTP status server, the worker supervisor and the delivery
-threads that send the outbox to the destinations. Inference runs
+decisions), the HTTP status server, the worker supervisor, the delivery
+threads that send the outbox to the destinations and the scheduler
+(:mod:`daemon.scheduler`: follow-up flagging, overdue check, spool retention). Inference runs
 in worker child processes only; torch is never imported here, so a crashing
 or out-of-memory worker never stops intake from the PACS.
 
@@ -36,6 +37,7 @@ from daemon.jobs import JobQueue
 from daemon.listener import Listener
 from daemon.notify import SystemdNotifier, Watchdog
 from daemon.outbox import RESULTS_DIRNAME, remove_stale_parts
+from daemon.scheduler import NodeScheduler
 from daemon.settings import Settings
 from daemon.spool import Spool
 from daemon.workers import WorkerSupervisor
@@ -125,6 +127,10 @@ class Node:
         self.listener = Listener(settings, self.ingest, self.spool)
         self.supervisor = WorkerSupervisor(settings)
         self.delivery = DeliveryService(settings, self.sessionmaker)
+        self.scheduler = (
+            NodeScheduler(settings, engine=self.engine) if settings.scheduler.enabled else None
+        )
+        checks = {"scheduler": self.scheduler.alive} if self.scheduler is not None else {}
         self.http = StatusServer(
             settings,
             self.sessionmaker,
@@ -134,6 +140,7 @@ class Node:
                 "listener": self.listener.alive,
                 "workers": self.supervisor.alive,
                 "delivery": self.delivery.alive,
+                **checks,
             },
         )
         self.notifier = SystemdNotifier.from_env()
@@ -158,6 +165,8 @@ class Node:
         self.listener.start()
         self.supervisor.start()
         self.delivery.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
         self.http.start()
         self.notifier.ready()
         self.notifier.status(f"listening on port {self.listener.port}")
@@ -198,6 +207,8 @@ class Node:
         self.supervisor.stop(timeout=STOP_TIMEOUT_SECONDS / 2)
         # After the workers: results they staged while stopping stay pending.
         self.delivery.stop(timeout=DELIVERY_STOP_TIMEOUT_SECONDS)
+        if self.scheduler is not None:
+            self.scheduler.stop(wait=True)  # a job in progress finishes; the schedule stays stored
         self.http.stop()
         self.ingest.close()
         self.engine.dispose()

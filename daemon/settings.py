@@ -65,17 +65,9 @@ class IngestSettings:
 class FilterSettings:
     max_slice_thickness_mm: float = 1.5
     require_contrast: bool = True
-    contrast_keywords: tuple[str, ...] = (
-        "+c",
-        "gd",
-        "gad",
-        "gado",
-        "post",
-        "contrast",
-        "kontrast",
-        "ce",
-        "km",
-        "mdc",
+    # Matched as whole words in SeriesDescription / ProtocolName.
+    contrast_keywords: tuple[str, ...] = tuple(
+        "+c gd gad gado post contrast kontrast ce km mdc".split()
     )
     min_slices: int = 64
 
@@ -111,7 +103,28 @@ class DeliverySettings:
 
 @dataclass(frozen=True)
 class FollowupSettings:
+    """Surveillance rules (issue 6): who goes on the follow-up list, when, and what is growth."""
+
     max_diameter_mm: float = 30.0
+    default_asymptomatic: bool = True  # used when no flag was recorded for the patient
+    growth_threshold_percent: float = 15.0
+    interval_months_high: int = 6
+    interval_months_low: int = 12
+    overdue_grace_days: int = 30
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """The persisted periodic jobs (APScheduler): follow-up flagging and spool retention."""
+
+    enabled: bool = True
+    followup_check_minutes: int = 60
+    retention_check_hours: int = 24
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    spool_days: int = 0  # 0 = keep received images forever
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,8 @@ class Settings:
     destinations: tuple[Destination, ...] = ()
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     followup: FollowupSettings = field(default_factory=FollowupSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -169,6 +184,8 @@ _SECTIONS: dict[str, type] = {
     "pipeline": PipelineSettings,
     "delivery": DeliverySettings,
     "followup": FollowupSettings,
+    "scheduler": SchedulerSettings,
+    "retention": RetentionSettings,
     "http": HttpSettings,
     "logging": LoggingSettings,
 }
@@ -373,8 +390,7 @@ def _validate(s: Settings, problems: list) -> None:
             ("pipeline.segmentation_model_dir", f"folder {p.segmentation_model_dir} does not exist")
         )
     _validate_delivery(s.delivery, problems)
-    if not 0 < s.followup.max_diameter_mm <= 200:
-        problems.append(("followup.max_diameter_mm", "must be > 0 and <= 200"))
+    _validate_ranges(s, problems)
     _check_bind("http.bind", s.http.bind, problems)
     _check_port("http.port", s.http.port, problems)
     if s.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -397,3 +413,22 @@ def _validate_delivery(d: DeliverySettings, problems: list) -> None:
     for key in ("association_timeout_seconds", "dimse_timeout_seconds"):
         if not 0 < getattr(d, key) <= 3600:
             problems.append((f"delivery.{key}", "must be > 0 and <= 3600"))
+
+
+# (section, key, lowest, highest): numeric keys checked against an inclusive range.
+_RANGES = (
+    ("followup", "max_diameter_mm", 0.1, 200),
+    ("followup", "growth_threshold_percent", 0.1, 1000),
+    ("followup", "interval_months_high", 1, 120),
+    ("followup", "interval_months_low", 1, 120),
+    ("followup", "overdue_grace_days", 0, 3650),
+    ("scheduler", "followup_check_minutes", 1, 10080),
+    ("scheduler", "retention_check_hours", 1, 720),
+    ("retention", "spool_days", 0, 36500),
+)
+
+
+def _validate_ranges(s: Settings, problems: list) -> None:
+    for section, key, low, high in _RANGES:
+        if not low <= getattr(getattr(s, section), key) <= high:
+            problems.append((f"{section}.{key}", f"must be between {low:g} and {high:g}"))

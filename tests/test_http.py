@@ -174,7 +174,12 @@ def test_api_status_without_database(settings: Settings, serve) -> None:
 def test_unknown_path_is_404_json(settings: Settings, serve, path: str) -> None:
     status, _, body = request(serve(settings).port, path)
     assert status == 404
-    assert json.loads(body)["endpoints"] == ["/healthz", "/metrics", "/api/status"]
+    assert json.loads(body)["endpoints"] == [
+        "/healthz",
+        "/metrics",
+        "/api/status",
+        "/api/followups",
+    ]
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "HEAD"], ids=str.lower)

@@ -204,3 +204,23 @@ def test_patient_fields_are_decoded_with_the_character_set(
     assert _receive(store, spool, ds) == Status.SUCCESS
     with engine.connect() as conn:
         assert conn.execute(select(Study.patient_name)).scalar_one() == name
+
+
+def test_resent_instance_restores_a_file_that_retention_purged(node) -> None:
+    from sqlalchemy import update
+
+    from daemon.db.models import utcnow
+
+    engine, spool, store, _ = node
+    ds = make_mr_series(n_slices=1)[0]
+    assert _receive(store, spool, ds) == Status.SUCCESS
+    with engine.begin() as conn:
+        rel = conn.execute(select(Instance.path)).scalar_one()
+        conn.execute(update(Instance).values(purged_at=utcnow()))
+    spool.delete(rel)  # what spool retention does
+    assert _receive(store, spool, ds) == Status.SUCCESS
+    with engine.connect() as conn:
+        row = conn.execute(select(Instance.path, Instance.purged_at)).one()
+    assert row.purged_at is None
+    assert spool.path_of(row.path).is_file()
+    assert list(spool.published_files()) == [row.path]

@@ -462,3 +462,23 @@ def test_run_job_fails_without_retry_when_an_output_cannot_be_built(
     with pytest.raises(JobError, match="mixes single- and multi-frame") as info:
         run_job(env.sm, env.settings, job)
     assert info.value.retryable is False
+
+
+def test_run_job_on_a_purged_series_asks_for_it_again(
+    make_env: Callable[..., Env], tmp_path: Path
+) -> None:
+    from sqlalchemy import update
+
+    from daemon.db.models import utcnow
+    from daemon.errors import JobError
+    from daemon.pipeline import run_job
+
+    env = make_env()
+    job = _claimed(env, env.add_series(write_classic(tmp_path / "s", n=3), "1.2.826.0.9.4"))
+    with env.sm.begin() as s:
+        s.execute(update(Instance).values(purged_at=utcnow()))
+    with pytest.raises(
+        JobError, match="removed by spool retention .*send the series again"
+    ) as info:
+        run_job(env.sm, env.settings, job)
+    assert info.value.retryable is False

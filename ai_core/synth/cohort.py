@@ -120,15 +120,18 @@ def generate_cohort(
     ``profile`` is a site name (``"internal"``, ``"external"``) or a
     :class:`SiteProfile` (benchmarks and tests tune the variant rates that way).
     ``asymptomatic_fraction`` overrides the profile's share of small
-    asymptomatic meningiomas (issue 6).
+    asymptomatic meningiomas (issue 6). ``longitudinal=True`` writes
+    surveillance patients with follow-up studies instead
+    (:func:`ai_core.synth.longitudinal.generate_longitudinal`).
     """
     out_dir = Path(out_dir)
     _check_args(out_dir, cases, seed, profile, size)
-    if longitudinal:
-        raise SynthError(
-            "longitudinal cohorts (follow-up studies per patient) are not built yet "
-            "(issue 6); run without --longitudinal"
-        )
+    if longitudinal:  # surveillance patients with follow-up studies (issue 6)
+        from ai_core.synth.longitudinal import generate_longitudinal
+
+        return generate_longitudinal(
+            out_dir, cases=cases, seed=seed, profile=profile, size=size, progress=progress
+        ).cohort
     site = profile if isinstance(profile, SiteProfile) else PROFILES[profile]
     if asymptomatic_fraction is not None:
         if not 0.0 <= asymptomatic_fraction <= 1.0:

@@ -14,13 +14,16 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
+    Unicode,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -81,6 +84,8 @@ class Instance(Base):
     calling_aet: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     header: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Set when spool retention deleted the file (the row stays: what was received).
+    purged_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
 class QuarantinedInstance(Base):
@@ -188,3 +193,84 @@ class AuditEvent(Base):
     calling_aet: Mapped[str | None] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+# -- surveillance (issue 6): findings, the follow-up list, the patient's clinical flag ----------
+class MeningiomaFinding(Base):
+    """One analysed T1C series with a measured meningioma (one row per series).
+
+    A re-run of the same series updates its row (``id`` keeps the received
+    order). ``comparison`` is the growth comparison with ``prior_finding_id``.
+    ``patient_id``/``issuer`` are PHI: stored for matching, never logged.
+    """
+
+    __tablename__ = "findings"
+    __table_args__ = (Index("ix_findings_patient", "patient_id", "issuer"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    issuer: Mapped[str] = mapped_column(String(64), default="")
+    study_date: Mapped[dt.date | None] = mapped_column(Date)
+    volume_cm3: Mapped[float] = mapped_column(Float)
+    max_diameter_mm: Mapped[float] = mapped_column(Float)
+    location: Mapped[str | None] = mapped_column(String(16))
+    side: Mapped[str | None] = mapped_column(String(16))
+    risk_group: Mapped[str] = mapped_column(String(8))
+    probability: Mapped[float] = mapped_column(Float)
+    asymptomatic: Mapped[bool] = mapped_column(Boolean)
+    asymptomatic_source: Mapped[str] = mapped_column(String(16))  # recorded | default
+    prior_finding_id: Mapped[int | None] = mapped_column(ForeignKey("findings.id"))
+    comparison: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class FollowupEntry(Base):
+    """One due follow-up imaging of a patient on surveillance.
+
+    ``status``: scheduled → due → overdue (flagged by the scheduler), or
+    completed / grown (closed by the next finding), or cancelled (the patient
+    was marked symptomatic).
+    """
+
+    __tablename__ = "followups"
+    __table_args__ = (Index("ix_followups_patient", "patient_id", "issuer"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(64), default="")
+    finding_id: Mapped[int] = mapped_column(ForeignKey("findings.id"), index=True)
+    due_date: Mapped[dt.date] = mapped_column(Date, index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    risk_group: Mapped[str] = mapped_column(String(8))
+    interval_months: Mapped[int] = mapped_column(Integer)
+    recommendation: Mapped[str] = mapped_column(String(255))
+    closed_by_finding_id: Mapped[int | None] = mapped_column(ForeignKey("findings.id"))
+    closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    status_changed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class PatientFlag(Base):
+    """The clinical "asymptomatic" flag of a patient (``ki67node symptoms``)."""
+
+    __tablename__ = "patient_flags"
+    __table_args__ = (UniqueConstraint("patient_id", "issuer", name="uq_patient_flags_patient"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(64), default="")
+    asymptomatic: Mapped[bool] = mapped_column(Boolean)
+    entered_by: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SchedulerJobRow(Base):
+    """APScheduler 3's ``SQLAlchemyJobStore`` table, declared here so the migrations own it.
+
+    The job store finds the table present and never creates or alters it.
+    """
+
+    __tablename__ = "apscheduler_jobs"
+    id: Mapped[str] = mapped_column(Unicode(191), primary_key=True)
+    next_run_time: Mapped[float | None] = mapped_column(Float(25), index=True)
+    job_state: Mapped[bytes] = mapped_column(LargeBinary)
