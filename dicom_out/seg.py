@@ -19,6 +19,7 @@ of Reference; patient and study come from the source.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 
@@ -26,6 +27,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
+from ai_core.volume import Volume
 from dicom_out import codes
 from dicom_out.context import (
     ALGORITHM_NAME,
@@ -178,7 +180,17 @@ def _arrange(ctx: OutputContext, mask: np.ndarray) -> tuple[list[Dataset], np.nd
             f"no SEG: {len(missing)} slices of the volume are not among the source instances "
             f"(first: {missing[0]}); pass the same instances the volume was loaded from"
         )
-    return [by_uid[uid] for uid in volume.sop_instance_uids], mask
+    return [_with_slice_thickness(by_uid[uid], volume) for uid in volume.sop_instance_uids], mask
+
+
+def _with_slice_thickness(ds: Dataset, volume: Volume) -> Dataset:
+    """SliceThickness is Type 2 (may be absent or empty) but highdicom needs it for the
+    SEG's Pixel Measures: a copy with the slice step of the loaded volume fills the gap."""
+    if ds.get("SliceThickness") not in (None, ""):
+        return ds
+    filled = copy.deepcopy(ds)  # the caller's dataset stays as it was (headers only: small)
+    filled.SliceThickness = round(float(volume.spacing[2]), 6)
+    return filled
 
 
 def _arrange_multiframe(ctx: OutputContext, mask: np.ndarray) -> tuple[list[Dataset], np.ndarray]:

@@ -5,6 +5,7 @@ attributes (a scanner may leave them out) still gives valid objects."""
 from __future__ import annotations
 
 import dataclasses
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -52,14 +53,31 @@ def test_not_assessable_gives_only_the_sr(tmp_path: Path) -> None:
 def test_source_without_type2_patient_study_attributes(ctx: OutputContext, tmp_path: Path) -> None:
     stripped = []
     for ds in ctx.source:
-        copy = ds.copy()
+        bare_ds = deepcopy(ds)
         for keyword in TYPE2_PATIENT_STUDY:
-            if keyword in copy:
-                delattr(copy, keyword)
-        stripped.append(copy)
+            if keyword in bare_ds:
+                delattr(bare_ds, keyword)
+        stripped.append(bare_ds)
     bare = dataclasses.replace(ctx, source=tuple(stripped))
     out = build_outputs(bare)
     assert [kind_of(ds) for ds in out][0] == "seg"
     for ds in out:
         assert "PatientID" in ds and not ds.PatientID
         assert dciodvfy(ds, tmp_path / "v") == [], kind_of(ds)
+
+
+def test_source_without_slice_thickness_still_gives_a_valid_seg(
+    ctx: OutputContext, tmp_path: Path
+) -> None:
+    from dicom_out.seg import build_seg
+
+    stripped = []
+    for ds in ctx.source:
+        bare_ds = deepcopy(ds)
+        if "SliceThickness" in bare_ds:
+            del bare_ds.SliceThickness
+        stripped.append(bare_ds)
+    bare = dataclasses.replace(ctx, source=tuple(stripped))
+    seg = build_seg(bare)
+    assert dciodvfy(seg, tmp_path / "v") == []
+    assert all("SliceThickness" not in ds for ds in stripped)  # the caller's data untouched

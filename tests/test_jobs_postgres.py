@@ -59,7 +59,9 @@ def test_worker_processes_run_real_jobs_on_postgresql(
     sup = WorkerSupervisor(env.settings, n_workers=2, options=FAST)
     sup.start()
     try:
-        wait_for("the jobs to finish", lambda: env.queue.counts()[DONE] == 4, sup)
+        # each worker loads the models once, then runs the whole chain (toy volumes: "not
+        # assessable", an SR each); two shared cores
+        wait_for("the jobs to finish", lambda: env.queue.counts()[DONE] == 4, sup, timeout=300)
     finally:
         sup.stop(timeout=5.0)
     assert {env.job(i).attempts for i in ids} == {1}

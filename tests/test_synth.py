@@ -332,9 +332,8 @@ def test_asymptomatic_subgroup_is_small() -> None:
         ({"size": "huge"}, "unknown size"),
         ({"cases": 0}, "--cases must be"),
         ({"seed": -1}, "--seed must be"),
-        ({"longitudinal": True}, "not built yet"),
     ],
-    ids=["profile", "size", "cases", "seed", "longitudinal"],
+    ids=["profile", "size", "cases", "seed"],
 )
 def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
     args: dict[str, Any] = {"cases": 1, "seed": 1, "size": "small", "progress": False, **kwargs}

@@ -135,8 +135,13 @@ def supervisors() -> Iterator[list[WorkerSupervisor]]:
         sup.stop(timeout=2.0)
 
 
-def wait_for(what: str, predicate: Callable[[], bool], sup: WorkerSupervisor | None = None) -> None:
-    deadline = time.monotonic() + WAIT
+def wait_for(
+    what: str,
+    predicate: Callable[[], bool],
+    sup: WorkerSupervisor | None = None,
+    timeout: float = WAIT,
+) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if sup is not None:
             sup.poll()
