@@ -35,6 +35,7 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --scripts-are-modules bench/pipeline
 	$(BIN)/mypy --scripts-are-modules bench/model
 	$(BIN)/mypy --scripts-are-modules bench/e2e
+	$(BIN)/mypy --scripts-are-modules bench/model_device
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
