@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,14 +20,20 @@ from highdicom.sr import CodedConcept
 from pydicom.uid import Comprehensive3DSRStorage
 
 from dicom_out import codes
-from tests.conftest import require_tool
-from tests.daemon_process import DaemonProcess, clean_env, jobs
+from tests.daemon_process import DaemonProcess, jobs
+from tests.e2e_chain import (
+    PROCESS_TIMEOUT_SECONDS,
+    download,
+    node_for,
+    storescu,
+    study_uid_of,
+    wait_for,
+)
 from tests.orthanc import Orthanc, orthanc_fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 orthanc = orthanc_fixture()
-PROCESS_TIMEOUT_SECONDS = 420.0
 SEED = 8080
 PATIENT = "CASE0002"  # grows: +15 % is reached between its 2nd and 3rd follow-up
 FOLLOW_UP = "CASE0002FU3"
@@ -54,51 +58,8 @@ def patient(tmp_path_factory: pytest.TempPathFactory) -> Patient:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, orthanc: Orthanc) -> Iterator[DaemonProcess]:
-    daemon = DaemonProcess(
-        tmp_path_factory.mktemp("node"),
-        settings={
-            "ingest": {"series_stable_seconds": 2, "sweep_interval_seconds": 0.5},
-            "pipeline": {"workers": 1, "device": "cpu"},
-            "delivery": {"poll_seconds": 0.5, "retry_initial_seconds": 1, "retry_max_seconds": 2},
-            "destinations": [
-                {
-                    "name": "pacs",
-                    "type": "dicom",
-                    "ae_title": orthanc.aet,
-                    "host": orthanc.host,
-                    "port": orthanc.dicom_port,
-                }
-            ],
-        },
-    )
-    try:
-        daemon.start()
+    with node_for(tmp_path_factory.mktemp("node"), orthanc) as daemon:
         yield daemon
-    finally:
-        if daemon.running():
-            daemon.stop()
-        daemon.cleanup()
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}:\n{log()}")
-
-
-def send(node: DaemonProcess, folder: Path) -> None:
-    cmd = [require_tool("storescu"), "-R", "-aet", "PACS", "-aec", node.ae_title, "+sd", "+r"]
-    run = subprocess.run(
-        [*cmd, "127.0.0.1", str(node.dicom_port), str(folder)],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def srs_of(orthanc: Orthanc, study_uid: str) -> list[str]:
@@ -109,31 +70,9 @@ def srs_of(orthanc: Orthanc, study_uid: str) -> list[str]:
     ]
 
 
-def _study_uid(folder: Path) -> str:
-    return str(
-        pydicom.dcmread(next(folder.rglob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
-    )
-
-
 def _done(node: DaemonProcess, n: int) -> bool:
     rows = jobs(node.data_dir)
     return len(rows) >= n and all(state in ("done", "failed") for _, state, _, _ in rows)
-
-
-def _download(orthanc: Orthanc, sop_uid: str, folder: Path) -> pydicom.Dataset:
-    import urllib.request
-
-    request = urllib.request.Request(
-        f"{orthanc.url}/tools/lookup", data=sop_uid.encode(), method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
-        ids = json.loads(answer.read())
-    instance = next(x["ID"] for x in ids if x["Type"] == "Instance")
-    with urllib.request.urlopen(  # noqa: S310 - loopback
-        f"{orthanc.url}/instances/{instance}/file", timeout=30
-    ) as answer:
-        (folder / "sr.dcm").write_bytes(answer.read())
-    return pydicom.dcmread(folder / "sr.dcm")
 
 
 def _measurement(sr: pydicom.Dataset, concept: CodedConcept) -> float | None:
@@ -150,7 +89,7 @@ def test_follow_up_sr_reports_growth_and_the_entry_is_closed(
 ) -> None:
     orthanc.clear()
     log = node.log_tail
-    send(node, patient.baseline)
+    storescu(node, patient.baseline)
     wait_for("the baseline job", lambda: _done(node, 1), PROCESS_TIMEOUT_SECONDS, log)
     baseline = json.loads(jobs(node.data_dir)[0][3] or "{}")
     assert baseline.get("status") == "ok", jobs(node.data_dir)
@@ -161,25 +100,25 @@ def test_follow_up_sr_reports_growth_and_the_entry_is_closed(
     assert [e["status"] in ("scheduled", "due", "overdue") for e in entries] == [True], entries
     assert entries[0]["patient_id"] == patient.patient_id
 
-    send(node, patient.follow_up)
+    storescu(node, patient.follow_up)
     wait_for("the follow-up job", lambda: _done(node, 2), PROCESS_TIMEOUT_SECONDS, log)
     follow = json.loads(jobs(node.data_dir)[1][3] or "{}")
     assert follow.get("status") == "ok", jobs(node.data_dir)
     growth = follow["growth"]
     v0 = baseline["analysis"]["measurements"]["volume_cm3"]
     v1 = follow["analysis"]["measurements"]["volume_cm3"]
-    assert growth["prior_study_uid"] == _study_uid(patient.baseline)
+    assert growth["prior_study_uid"] == study_uid_of(patient.baseline)
     assert growth["prior_volume_cm3"] == pytest.approx(v0, rel=1e-3)
     assert growth["change_percent"] == pytest.approx(100 * (v1 - v0) / v0, abs=0.05)
 
-    study = _study_uid(patient.follow_up)
+    study = study_uid_of(patient.follow_up)
     wait_for("the follow-up SR in Orthanc", lambda: bool(srs_of(orthanc, study)), 120, log)
-    sr = _download(orthanc, srs_of(orthanc, study)[0], tmp_path)
+    sr = pydicom.dcmread(download(orthanc, srs_of(orthanc, study)[0], tmp_path))
     assert _measurement(sr, codes.PRIOR_VOLUME) == pytest.approx(v0, abs=1e-3)
     assert _measurement(sr, codes.VOLUME_CHANGE) == pytest.approx(
         growth["change_percent"], abs=0.01
     )
-    assert _study_uid(patient.baseline) in str(sr.to_json_dict())
+    assert study_uid_of(patient.baseline) in str(sr.to_json_dict())
 
     entries = json.loads(node.cli("followups", "--json").stdout)["followups"]
     closed = [e for e in entries if e["status"] in ("completed", "grown")]

@@ -13,11 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import time
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,14 +22,13 @@ import pydicom
 import pytest
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
 
-from tests.conftest import require_tool
-from tests.daemon_process import DaemonProcess, clean_env, jobs, query
+from tests.daemon_process import DaemonProcess, jobs, query
+from tests.e2e_chain import PROCESS_TIMEOUT_SECONDS, download, node_for, storescu, wait_for
 from tests.orthanc import Orthanc, orthanc_fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 orthanc = orthanc_fixture()
-PROCESS_TIMEOUT_SECONDS = 420.0  # two shared cores: load models, segment, radiomics, build
 
 
 @dataclass
@@ -42,15 +38,6 @@ class Study:
     t1c_series_uid: str
     series_uids: set[str]
     n_files: int
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}:\n{log()}")
 
 
 @pytest.fixture(scope="module")
@@ -69,44 +56,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, orthanc: Orthanc) -> Iterator[DaemonProcess]:
-    daemon = DaemonProcess(
-        tmp_path_factory.mktemp("node"),
-        settings={
-            "ingest": {"series_stable_seconds": 2, "sweep_interval_seconds": 0.5},
-            "pipeline": {"workers": 1, "device": "cpu"},
-            "delivery": {
-                "poll_seconds": 0.5,
-                "retry_initial_seconds": 1,
-                "retry_max_seconds": 2,
-            },
-            "destinations": [
-                {
-                    "name": "pacs",
-                    "type": "dicom",
-                    "ae_title": orthanc.aet,
-                    "host": orthanc.host,
-                    "port": orthanc.dicom_port,
-                }
-            ],
-        },
-    )
-    try:
-        daemon.start()
+    with node_for(tmp_path_factory.mktemp("node"), orthanc) as daemon:
         yield daemon
-    finally:
-        if daemon.running():
-            daemon.stop()
-        daemon.cleanup()
-
-
-def storescu(node: DaemonProcess, folder: Path) -> None:
-    # -R: propose only the SOP classes of the files (SEG is not in storescu's default list)
-    cmd = [require_tool("storescu"), "-R", "-aet", "PACS", "-aec", node.ae_title, "+sd", "+r"]
-    cmd += ["127.0.0.1", str(node.dicom_port), str(folder)]
-    run = subprocess.run(
-        cmd, capture_output=True, text=True, env=clean_env({"TCP_NODELAY": "1"}), timeout=300
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def ours(orthanc: Orthanc, study: Study) -> list:
@@ -215,29 +166,12 @@ def test_pacs_down_then_back_gets_the_amended_sr_exactly_once(
     # the mask did not change: the same SEG stands, it is not sent a second time
     assert sum(i.sop_class_uid == SegmentationStorage for i in after) == 1
     amended = [i for i in srs if i.sop_instance_uid != first_sr[0].sop_instance_uid][0]
-    ds = pydicom.dcmread(_download(orthanc, amended.sop_instance_uid, tmp_path))
+    ds = pydicom.dcmread(download(orthanc, amended.sop_instance_uid, tmp_path))
     predecessor = ds.PredecessorDocumentsSequence[0]
     refs = predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert refs.ReferencedSOPInstanceUID == first_sr[0].sop_instance_uid
     delivered = query(node.data_dir, "SELECT COUNT(*) FROM outbox WHERE state = 'delivered'")
     assert delivered[0][0] == len(after)
-
-
-def _download(orthanc: Orthanc, sop_uid: str, folder: Path) -> Path:
-    """One instance from Orthanc's REST API (lookup by SOP Instance UID, then /file)."""
-    request = urllib.request.Request(
-        f"{orthanc.url}/tools/lookup", data=sop_uid.encode(), method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
-        ids = json.loads(answer.read())
-    instance_id = next(x["ID"] for x in ids if x["Type"] == "Instance")
-    with urllib.request.urlopen(  # noqa: S310 - loopback
-        f"{orthanc.url}/instances/{instance_id}/file", timeout=30
-    ) as answer:
-        data = answer.read()
-    target = folder / f"{sop_uid}.dcm"
-    target.write_bytes(data)
-    return target
 
 
 def test_radiologist_seg_reruns_the_series_and_our_own_seg_routed_back_does_not(
@@ -248,7 +182,7 @@ def test_radiologist_seg_reruns_the_series_and_our_own_seg_routed_back_does_not(
     if len(segs) != 1:
         pytest.skip("depends on the first test having delivered our SEG")
     n_jobs = len(jobs(node.data_dir))
-    ours_back = _download(orthanc, segs[0].sop_instance_uid, tmp_path)
+    ours_back = download(orthanc, segs[0].sop_instance_uid, tmp_path)
     theirs = pydicom.dcmread(ours_back)
     theirs.SeriesInstanceUID = pydicom.uid.generate_uid()
     theirs.SOPInstanceUID = pydicom.uid.generate_uid()
@@ -295,7 +229,7 @@ def test_radiologist_seg_reruns_the_series_and_our_own_seg_routed_back_does_not(
         for i in after
         if i.sop_instance_uid in new and i.sop_class_uid == Comprehensive3DSRStorage
     )
-    sr = pydicom.dcmread(_download(orthanc, sr_uid, tmp_path))
+    sr = pydicom.dcmread(download(orthanc, sr_uid, tmp_path))
     evidence = {
         str(ref.ReferencedSOPInstanceUID)
         for item in sr.CurrentRequestedProcedureEvidenceSequence
