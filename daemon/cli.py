@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ai_core.errors import AiCoreError
 from daemon import DISCLAIMER, __version__
+from daemon.cli_args import positive_int
 from daemon.errors import ConfigError, NodeError
 from daemon.settings import Settings, default_config_path, load_settings
 
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "truth (labels, Bayes probabilities, masks). Deterministic per seed.",
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="new or empty folder")
-    p.add_argument("--cases", type=_positive_int, default=10, help="number of patients (10)")
+    p.add_argument("--cases", type=positive_int, default=10, help="number of patients (10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument(
         "--profile",
@@ -189,13 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_followup_commands(sub)
     add_growth_commands(sub)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,18 +7,11 @@ the work (docs/growth-analysis.md), a short summary out.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 from daemon import DISCLAIMER
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+from daemon.cli_args import add_workers_option, positive_int
 
 
 def cmd_growth_analysis(args: argparse.Namespace) -> int:
@@ -75,14 +68,9 @@ def add_growth_commands(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder")
     p.add_argument("--cache", help="feature cache folder (default: REPORT_DIR/cache)")
-    p.add_argument(
-        "--workers",
-        type=_positive,
-        default=max(1, (os.cpu_count() or 1) // 2),
-        help="parallel processes for the image pipeline (half the CPUs)",
-    )
+    add_workers_option(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
-    p.add_argument("--bootstrap", type=_positive, default=200, help="AUC bootstrap resamples")
+    p.add_argument("--bootstrap", type=positive_int, default=200, help="AUC bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_growth_analysis)

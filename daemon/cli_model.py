@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from daemon import DISCLAIMER
+from daemon.cli_args import add_workers_option, positive_int
 
 log = logging.getLogger("ki67node")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _train_settings(args: argparse.Namespace) -> Any:
@@ -40,19 +33,14 @@ def _train_settings(args: argparse.Namespace) -> Any:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=_positive, default=60, help="maximum epochs per run (60)")
-    p.add_argument("--patience", type=_positive, default=12, help="early-stopping patience (12)")
-    p.add_argument("--batch-size", type=_positive, default=16, help="batch size (16)")
+    p.add_argument("--epochs", type=positive_int, default=60, help="maximum epochs per run (60)")
+    p.add_argument("--patience", type=positive_int, default=12, help="early-stopping patience (12)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="batch size (16)")
     p.add_argument("--lr", type=float, default=3e-4, help="learning rate (3e-4)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
     p.add_argument("--no-augment", action="store_true", help="no MONAI augmentation")
-    p.add_argument(
-        "--workers",
-        type=_positive,
-        default=max(1, (os.cpu_count() or 1) // 2),
-        help="parallel processes for the image pipeline (half the CPUs)",
-    )
+    add_workers_option(p)
     p.add_argument("--cache", help="feature cache folder (default: OUT/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -148,7 +136,9 @@ def add_model_commands(sub: Any) -> None:
         "--model", default="", metavar="MODEL_DIR", help="bundle (default: the bundled demo)"
     )
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder")
-    p.add_argument("--runs", type=_positive, default=50, help="repeated splits (50)")
-    p.add_argument("--bootstrap", type=_positive, default=1000, help="bootstrap resamples (1000)")
+    p.add_argument("--runs", type=positive_int, default=50, help="repeated splits (50)")
+    p.add_argument(
+        "--bootstrap", type=positive_int, default=1000, help="bootstrap resamples (1000)"
+    )
     _common(p)
     p.set_defaults(func=cmd_evaluate)
