@@ -16,6 +16,9 @@ from daemon.cli_args import add_workers_option, positive_int
 
 log = logging.getLogger("ki67node")
 
+#: Default of --ema-decay (ai_core.model.train.TrainSettings.ema_decay).
+EMA_DECAY = 0.0
+
 
 def _train_settings(args: argparse.Namespace) -> Any:
     from ai_core.model.predict import resolve_device
@@ -29,6 +32,7 @@ def _train_settings(args: argparse.Namespace) -> Any:
         seed=args.seed,
         augment=not args.no_augment,
         device=resolve_device(args.device),
+        ema_decay=args.ema_decay,
     )
 
 
@@ -37,6 +41,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=positive_int, default=12, help="early-stopping patience (12)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="batch size (16)")
     p.add_argument("--lr", type=float, default=3e-4, help="learning rate (3e-4)")
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=EMA_DECAY,
+        help=f"moving average of the weights per step, the averaged model is kept; 0 = off "
+        f"({EMA_DECAY})",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
     p.add_argument("--no-augment", action="store_true", help="no MONAI augmentation")

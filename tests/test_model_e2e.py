@@ -48,6 +48,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         [
             "train", str(dev), "--out", str(model), "--epochs", "2", "--patience", "1",
             "--workers", "1", "--cache", str(cache), "--no-progress", "--device", "cpu",
+            "--ema-decay", "0.9",
         ]
     )  # fmt: skip
     assert rc == 0
@@ -69,6 +70,8 @@ def test_train_writes_an_honest_bundle(trained: dict[str, Path]) -> None:
     assert 0 < meta["threshold"] < 1
     assert 0.0 <= meta["metrics"]["validation_output1"]["auc"] <= 1.0
     assert meta["architecture"]["n_radiomics"] == 1218
+    assert meta["architecture"]["size_tokens"] is True
+    assert meta["training"]["ema_decay"] == 0.9
     assert meta["radiomics"]["features"] == 1218
     bundle = load_bundle(model)
     assert bundle.synthetic and "research use only" in bundle.describe()

@@ -21,6 +21,9 @@ CFG = ModelConfig(
     n_radiomics=4,
     dropout=0.0,
     modality_dropout=(0.0, 0.0, 0.0),
+    # The blobs differ in brightness, not in size: the size tokens carry nothing here,
+    # and these tests are about the CNN's Grad-CAM (orientation, polarity, hooks).
+    size_tokens=False,
 )
 GRID = torch.stack(torch.meshgrid(*(torch.arange(S, dtype=torch.float32),) * 3, indexing="ij"))
 # Blob centres whose images under any transposition/flip of the axes lie, on average,
@@ -200,10 +203,12 @@ def test_attention_map_puts_a_hot_token_on_its_cell(cell: tuple[int, int, int]) 
     cfg = ModelConfig(crop_size=(16, 16, 16), cnn_channels=(4, 8, 8), d_model=16, n_heads=2)
     d, h, w = cfg.feature_grid
     assert (d, h, w) == (4, 4, 4)
-    attention = torch.zeros(2, cfg.n_heads, cfg.n_queries, cfg.n_mri_tokens)
+    n = cfg.n_mri_tokens
+    attention = torch.zeros(2, cfg.n_heads, cfg.n_queries, n + cfg.n_size_tokens)
     z, y, x = cell
-    attention[0, :, :, (z * h + y) * w + x] = 1.0  # sample 0: one hot token
-    attention[1] = 1.0 / cfg.n_mri_tokens  # sample 1: uniform
+    attention[0, :, :, (z * h + y) * w + x] = 0.5  # sample 0: one hot token
+    attention[0, :, :, n:] = 0.5 / 3  # ... and the size tokens, which are no place
+    attention[1, :, :, :n] = 1.0 / n  # sample 1: uniform over the grid
     maps = mri_attention_map(attention, cfg)
     assert maps.shape == (2, 16, 16, 16)
     assert maps.min() >= 0 and maps.max() <= 1
@@ -237,7 +242,9 @@ def test_attention_map_of_a_forward_pass() -> None:
 
 def test_attention_map_rejects_wrong_token_count() -> None:
     with pytest.raises(
-        ModelError, match=r"attention_mri must be \[B, n_heads, n_queries, n_mri_tokens = 512\]"
+        ModelError,
+        match=r"attention_mri must be \[B, n_heads, n_queries, "
+        r"n_mri_tokens \+ n_size_tokens = 512 \+ 3\]",
     ):
         mri_attention_map(torch.zeros(1, 4, 1, 64), ModelConfig())
 

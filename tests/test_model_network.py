@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ai_core.errors import ModelError
+from ai_core.model.blocks import size_values
 from ai_core.model.config import ModelConfig
 from ai_core.model.network import (
     MODALITIES,
@@ -175,7 +177,20 @@ def test_config_from_dict_rejects_unknown_keys() -> None:
 
 
 def test_config_from_dict_missing_key_takes_default() -> None:
-    assert ModelConfig.from_dict({"d_model": 64}) == ModelConfig(d_model=64)
+    new = ModelConfig(d_model=64)
+    assert ModelConfig.from_dict(new.to_dict()) == new
+    assert new.size_tokens and new.to_dict()["size_tokens"] is True
+    # a bundle written before the size tokens existed: no key, no weights -> off
+    assert ModelConfig.from_dict({"d_model": 64}) == ModelConfig(d_model=64, size_tokens=False)
+
+
+def test_train_settings_check_the_moving_average() -> None:
+    from ai_core.model.train import TrainSettings
+
+    assert TrainSettings(ema_decay=0.98).to_dict()["ema_decay"] == 0.98
+    for bad in (1.0, -0.1):
+        with pytest.raises(ModelError, match=r"ema_decay must be in \[0, 1\)"):
+            TrainSettings(ema_decay=bad)
 
 
 # ---------------------------------------------------------------- shapes
@@ -202,7 +217,7 @@ def test_shapes_and_finite_for_every_modality_combination(present: tuple[bool, b
     assert out.output1.shape == out.output2.shape == (3,)
     assert torch.equal(out.output1, out.logits[:, 1])
     assert torch.isfinite(out.logits).all()
-    n_tokens = (TINY.n_mri_tokens, TINY.n_characteristics, TINY.n_radiomics)
+    n_tokens = (TINY.n_mri_tokens + TINY.n_size_tokens, TINY.n_characteristics, TINY.n_radiomics)
     for attn, n in zip(out.attention, n_tokens, strict=True):
         assert attn.shape == (3, TINY.n_heads, TINY.n_queries, n)
         assert torch.isfinite(attn).all()
@@ -220,8 +235,55 @@ def test_default_config_forward_and_gradcam_layer() -> None:
     batch = make_batch(ModelConfig(), b=1)
     with torch.no_grad():
         out = model(**batch)
-    assert out.attention[0].shape == (1, 4, 1, 512)
+    assert out.attention[0].shape == (1, 4, 1, 512 + 3)  # CNN grid 8^3 + 3 size tokens
     assert model.get_submodule(model.gradcam_layer) is model.mri_encoder.stages[-1]
+
+
+def test_size_values_of_a_known_box() -> None:
+    mask = torch.zeros(2, 16, 16, 16)
+    mask[0, 2:6, 3:11, 4:7] = 1  # 4 x 8 x 3 = 96 voxels, inside the crop
+    mask[1, 0:16, 5:7, 5:7] = 1  # 64 voxels through the whole crop along z
+    values = size_values(mask)
+    total = math.log1p(16**3)
+    torch.testing.assert_close(
+        values,
+        torch.tensor(
+            [
+                [math.log1p(96) / total, 8 / 16, 0.0],
+                # 8 of its 64 voxels lie on the z faces: 10 * 8 / 64 = 1.25 -> capped at 1
+                [math.log1p(64) / total, 1.0, 1.0],
+            ]
+        ),
+    )
+
+
+def test_size_tokens_carry_the_tumour_size_and_vanish_with_the_mri() -> None:
+    torch.manual_seed(0)
+    model = CascadedMixingTransformer(TINY).eval()
+    batch = make_batch(TINY, b=2)
+    batch["image"][1] = batch["image"][0]
+    batch["image"][0, 1] = 0.0
+    batch["image"][0, 1, 4:8, 4:8, 4:8] = 1.0  # small tumour
+    batch["image"][1, 1] = 0.0
+    batch["image"][1, 1, 2:14, 2:14, 2:14] = 1.0  # large tumour, same T1C
+    tokens = model.mri_encoder(batch["image"])
+    assert tokens.shape == (2, TINY.n_mri_tokens + 3, TINY.d_model)
+    assert not torch.allclose(tokens[0, -3:], tokens[1, -3:])
+    with torch.no_grad():
+        out = model(**batch)
+    assert not torch.allclose(out.logits[0, 0], out.logits[1, 0])
+    # without the size tokens the same model family exists (older bundles, ablations)
+    plain = ModelConfig(**{**TINY.to_dict(), "size_tokens": False})
+    assert plain.n_size_tokens == 0
+    assert CascadedMixingTransformer(plain).mri_encoder(batch["image"]).shape[1] == 64
+
+
+def test_size_tokens_need_the_mask_channel() -> None:
+    with pytest.raises(ModelError, match=r"size_tokens reads the tumour mask from crop channel 1"):
+        ModelConfig(in_channels=1)
+    assert ModelConfig(in_channels=1, size_tokens=False).n_size_tokens == 0
+    with pytest.raises(ModelError, match=r"size_tokens must be true or false"):
+        ModelConfig(size_tokens=1)  # type: ignore[arg-type]
 
 
 BAD_INPUTS = [

@@ -3,7 +3,8 @@
 * :class:`MriTokenizer` — a 3D CNN (MONAI blocks, instance norm: small batches)
   on the tumour-centred crop; every cell of the last feature map becomes one
   token (flattened in C order over [D, H, W]), projected to ``d_model`` plus a
-  learned 3D positional embedding.
+  learned 3D positional embedding; with ``size_tokens`` three more tokens
+  state the tumour's size read off the crop's mask channel (:class:`SizeTokens`).
 * :class:`CharacteristicEmbedding` — one token per radiological characteristic.
 * :class:`RadiomicsEmbedding` — one token per radiomics feature.
 * :class:`MixingBlock` — a learned query self-attends, cross-attends to one
@@ -12,11 +13,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
-from ai_core.model.config import ModelConfig
+from ai_core.model.config import MASK_CHANNEL, ModelConfig
 
 #: Instance norm with a learned affine: batch statistics are meaningless at batch 1-16.
 _NORM = ("INSTANCE", {"affine": True})
@@ -59,19 +62,81 @@ def cnn_stages(config: ModelConfig) -> nn.Sequential:
     return nn.Sequential(*stages)
 
 
+def size_values(mask: Tensor) -> Tensor:
+    """The tumour's size on the crop grid: [B, D, H, W] mask -> [B, 3] values in [0, 1].
+
+    0: log(1 + tumour voxels) / log(1 + crop voxels); 1: the largest extent
+    along a crop axis as a share of that side; 2: the share of the tumour's
+    voxels lying on the crop's faces, times 10, capped at 1 (the tumour is cut
+    off by the crop, so 0 and 1 understate it). Scale-free: the crop's size and
+    spacing are fixed per bundle, the learned weights absorb the units.
+    """
+    m = mask > 0.5
+    b = m.shape[0]
+    total = float(m[0].numel())
+    count = m.flatten(1).sum(dim=1).to(torch.float32)
+    extent = torch.stack(
+        [
+            m.any(dim=dims).sum(dim=1).float() / m.shape[axis + 1]
+            for axis, dims in enumerate(((2, 3), (1, 3), (1, 2)))
+        ],
+        dim=1,
+    ).amax(dim=1)
+    faces = torch.zeros_like(m)
+    faces[:, [0, -1]] = True
+    faces[:, :, [0, -1]] = True
+    faces[:, :, :, [0, -1]] = True
+    on_faces = (m & faces).flatten(1).sum(dim=1).float()
+    cut = torch.clamp(10.0 * on_faces / count.clamp(min=1.0), max=1.0)
+    values = torch.stack([torch.log1p(count) / math.log1p(total), extent, cut], 1)
+    return values.reshape(b, SizeTokens.N)
+
+
+class SizeTokens(nn.Module):
+    """Three tokens that state the tumour's size: ``type_embedding[i] + value_i * weight[i]``.
+
+    Softmax cross-attention returns a weighted *average* of its tokens, so the
+    query cannot count how many CNN tokens lie on the tumour: size, the
+    strongest image sign of a high Ki-67 in the source study, would only reach
+    the query through the CNN's receptive field. These tokens give it directly,
+    read off the mask channel of the same crop (:func:`size_values`), so they
+    belong to the MRI modality and are zeroed with it.
+    """
+
+    N = 3
+
+    def __init__(self, mask_channel: int, d_model: int) -> None:
+        super().__init__()
+        self.mask_channel = mask_channel
+        self.type_embedding = _embedding(self.N, d_model)
+        self.value_weight = _embedding(self.N, d_model)
+
+    def forward(self, image: Tensor) -> Tensor:
+        values = size_values(image[:, self.mask_channel]).to(image.dtype)
+        return self.type_embedding + values.unsqueeze(-1) * self.value_weight
+
+
 class MriTokenizer(nn.Module):
-    """Crop [B, C, D, H, W] -> MRI tokens [B, n_mri_tokens, d_model]."""
+    """Crop [B, C, D, H, W] -> MRI tokens [B, n_mri_tokens (+ 3 size tokens), d_model].
+
+    The CNN tokens come first (the feature grid, for the attention map), the
+    size tokens last.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.stages = cnn_stages(config)
         self.proj = nn.Linear(config.cnn_channels[-1], config.d_model)
         self.pos_embedding = _embedding(1, config.n_mri_tokens, config.d_model)
+        self.size = SizeTokens(MASK_CHANNEL, config.d_model) if config.size_tokens else None
 
     def forward(self, image: Tensor) -> Tensor:
         fmap = self.stages(image)  # [B, C, d, h, w]
         tokens = fmap.flatten(2).transpose(1, 2)  # token index = (z * h + y) * w + x
-        return self.proj(tokens) + self.pos_embedding
+        tokens = self.proj(tokens) + self.pos_embedding
+        if self.size is None:
+            return tokens
+        return torch.cat([tokens, self.size(image)], dim=1)
 
 
 class CharacteristicEmbedding(nn.Module):

@@ -23,6 +23,9 @@ from ai_core.errors import ModelError
 #: The radiological characteristics, in the order of the characteristic tokens.
 CHARACTERISTICS: tuple[str, ...] = ("edema_index", "necrosis", "csf_cleft", "capsular_enhancement")
 
+#: The crop channel that holds the tumour mask (channel 0 is the T1C).
+MASK_CHANNEL = 1
+
 #: An MRI token grid larger than this is a mistake (e.g. a crop without down-sampling).
 MAX_MRI_TOKENS = 4096
 #: Each side of the MRI token grid has at least this many cells (instance norm needs > 1 voxel).
@@ -92,12 +95,23 @@ class ModelConfig:
         0.3,
     )  # MRI, characteristics, radiomics
     loss_weights: tuple[float, float, float] = (0.5, 0.4, 0.1)
+    size_tokens: bool = True  # three MRI tokens stating the tumour's size (blocks.SizeTokens)
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "d_model", "n_heads", "ffn_mult", "n_queries"):
             _positive_int(name, getattr(self, name))
         _positive_int("n_characteristics", self.n_characteristics)
         _positive_int("n_radiomics", self.n_radiomics)
+        if not isinstance(self.size_tokens, bool):
+            raise ModelError(
+                f"ModelConfig.size_tokens must be true or false, got {self.size_tokens!r}"
+            )
+        if self.size_tokens and self.in_channels <= MASK_CHANNEL:
+            raise ModelError(
+                "ModelConfig.size_tokens reads the tumour mask from crop channel "
+                f"{MASK_CHANNEL}: in_channels must be at least {MASK_CHANNEL + 1}, "
+                f"got {self.in_channels!r}"
+            )
         if self.d_model % self.n_heads:
             raise ModelError(
                 f"ModelConfig.n_heads must divide d_model ({self.d_model}), got {self.n_heads}"
@@ -148,7 +162,12 @@ class ModelConfig:
 
     @property
     def n_mri_tokens(self) -> int:
+        """CNN tokens: one per cell of :attr:`feature_grid` (the size tokens are extra)."""
         return math.prod(self.feature_grid)
+
+    @property
+    def n_size_tokens(self) -> int:
+        return 3 if self.size_tokens else 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (tuples become lists)."""
@@ -156,7 +175,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are refused, missing ones take the default."""
+        """Inverse of :meth:`to_dict`; unknown keys are refused, missing ones take the default
+        (except ``size_tokens``: a bundle without the key predates them, so False)."""
         if not isinstance(data, Mapping):
             raise ModelError(f"ModelConfig.from_dict needs a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
@@ -169,4 +189,6 @@ class ModelConfig:
         kwargs: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
         }
+        # Bundles written before the size tokens existed have no such key and no such weights.
+        kwargs.setdefault("size_tokens", False)
         return cls(**kwargs)

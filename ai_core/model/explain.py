@@ -128,18 +128,20 @@ def grad_cam(
 def mri_attention_map(attention_mri: Tensor, model_config: ModelConfig) -> Tensor:
     """Cross-attention of the MRI block on the crop: [B, *crop_size] in [0, 1].
 
-    ``attention_mri`` [B, n_heads, n_queries, n_mri_tokens] (``CascadeOutput.attention[0]``)
-    is averaged over heads and queries, put back on the token grid in the
+    ``attention_mri`` [B, n_heads, n_queries, n_mri_tokens + n_size_tokens]
+    (``CascadeOutput.attention[0]``) is averaged over heads and queries, the
+    size tokens (last, not places in the image) left out, put back on the token grid in the
     order the tokens were flattened, upsampled (trilinear, :func:`upsample_to_crop`)
     to the crop and divided by its peak per sample.
     """
     n = model_config.n_mri_tokens
-    if attention_mri.ndim != 4 or attention_mri.shape[-1] != n:
+    extra = model_config.n_size_tokens
+    if attention_mri.ndim != 4 or attention_mri.shape[-1] != n + extra:
         raise ModelError(
-            f"attention_mri must be [B, n_heads, n_queries, n_mri_tokens = {n}], "
-            f"got {list(attention_mri.shape)}"
+            f"attention_mri must be [B, n_heads, n_queries, n_mri_tokens + n_size_tokens = "
+            f"{n} + {extra}], got {list(attention_mri.shape)}"
         )
-    weights = attention_mri.detach().float().mean(dim=(1, 2))
+    weights = attention_mri.detach().float().mean(dim=(1, 2))[:, :n]
     grid = weights.reshape(weights.shape[0], 1, *model_config.feature_grid)
     up = upsample_to_crop(grid, model_config)
     return normalise_per_sample(up[:, 0])

@@ -42,6 +42,10 @@ class TrainSettings:
     augment: bool = True
     seed: int = 0
     device: str = "cpu"
+    # Exponential moving average of the weights (per optimiser step); the averaged
+    # model is the one validated and kept. 0 = off. Small cohorts: the average of
+    # the last few epochs generalises better than any single step's weights.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "patience", "min_epochs", "batch_size"):
@@ -53,6 +57,8 @@ class TrainSettings:
             )
         if not self.learning_rate > 0:
             raise ModelError(f"TrainSettings.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ModelError(f"TrainSettings.ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,6 +159,14 @@ def train_run(
     rng = np.random.default_rng(settings.seed)
     device = torch.device(settings.device)
     model = CascadedMixingTransformer(config).to(device)
+    ema = None
+    if settings.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True
+        )
+    kept = model if ema is None else ema.module
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
@@ -191,10 +205,10 @@ def train_run(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 optimiser.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 losses.append(float(loss.detach()))
-            val_probs, val_loss = _evaluate(
-                model, val, val_z, val_known, config, pos_weight, device
-            )
+            val_probs, val_loss = _evaluate(kept, val, val_z, val_known, config, pos_weight, device)
             val_auc = roc_auc(val.labels, val_probs)
             row = {
                 "epoch": float(epoch),
@@ -208,11 +222,11 @@ def train_run(
                 best = score
                 best_epoch = epoch
                 best_val = val_probs
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
                 if checkpoint_dir is not None:
                     _checkpoint(checkpoint_dir / "best.pt", best_state, row)
             if checkpoint_dir is not None:
-                _checkpoint(checkpoint_dir / "last.pt", model.state_dict(), row)
+                _checkpoint(checkpoint_dir / "last.pt", kept.state_dict(), row)
             if bar is not None:
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{val_auc:.3f}")
                 bar.update(1)
