@@ -67,6 +67,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         [Path(m) for m in args.manifest],
         out,
         settings=_train_settings(args),
+        config_overrides={
+            "size_tokens": not args.no_size_tokens,
+            "linear_skip": not args.no_linear_skip,
+        },
         cache_dir=Path(args.cache) if args.cache else None,
         workers=args.workers,
         progress=not args.no_progress,
@@ -127,6 +131,16 @@ def add_model_commands(sub: Any) -> None:
     )
     p.add_argument("manifest", metavar="MANIFEST", nargs="+", help="CSV(s) of cases")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="bundle folder to write")
+    p.add_argument(
+        "--no-size-tokens",
+        action="store_true",
+        help="ablation: no tumour-size tokens in the MRI block (docs/model.md)",
+    )
+    p.add_argument(
+        "--no-linear-skip",
+        action="store_true",
+        help="ablation: no linear path from size and characteristics to the heads",
+    )
     _common(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser(

@@ -71,6 +71,7 @@ def test_train_writes_an_honest_bundle(trained: dict[str, Path]) -> None:
     assert 0.0 <= meta["metrics"]["validation_output1"]["auc"] <= 1.0
     assert meta["architecture"]["n_radiomics"] == 1218
     assert meta["architecture"]["size_tokens"] is True
+    assert meta["architecture"]["linear_skip"] is True
     assert meta["training"]["ema_decay"] == 0.9
     assert meta["radiomics"]["features"] == 1218
     bundle = load_bundle(model)

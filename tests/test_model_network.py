@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ai_core.errors import ModelError
-from ai_core.model.blocks import size_values
+from ai_core.model.blocks import LinearEvidence, size_values
 from ai_core.model.config import ModelConfig
 from ai_core.model.network import (
     MODALITIES,
@@ -180,8 +180,11 @@ def test_config_from_dict_missing_key_takes_default() -> None:
     new = ModelConfig(d_model=64)
     assert ModelConfig.from_dict(new.to_dict()) == new
     assert new.size_tokens and new.to_dict()["size_tokens"] is True
-    # a bundle written before the size tokens existed: no key, no weights -> off
-    assert ModelConfig.from_dict({"d_model": 64}) == ModelConfig(d_model=64, size_tokens=False)
+    assert new.linear_skip and new.to_dict()["linear_skip"] is True
+    # a bundle written before the size tokens / linear path existed: no key, no weights -> off
+    assert ModelConfig.from_dict({"d_model": 64}) == ModelConfig(
+        d_model=64, size_tokens=False, linear_skip=False
+    )
 
 
 def test_train_settings_check_the_moving_average() -> None:
@@ -284,6 +287,65 @@ def test_size_tokens_need_the_mask_channel() -> None:
     assert ModelConfig(in_channels=1, size_tokens=False).n_size_tokens == 0
     with pytest.raises(ModelError, match=r"size_tokens must be true or false"):
         ModelConfig(size_tokens=1)  # type: ignore[arg-type]
+
+
+def test_linear_evidence_adds_known_log_odds() -> None:
+    path = LinearEvidence(n_characteristics=2, n_size=3)
+    with torch.no_grad():
+        path.size_weight.copy_(torch.tensor([1.0, 2.0, 0.0]))
+        path.char_weight.copy_(torch.tensor([0.5, -1.0]))
+        path.char_known_bias.copy_(torch.tensor([0.1, 0.2]))
+        path.char_unknown_bias.copy_(torch.tensor([-3.0, 4.0]))
+    size = torch.tensor([[0.5, 0.25, 1.0], [0.0, 0.0, 0.0]])
+    values = torch.tensor([[2.0, float("nan")], [-1.0, 3.0]])  # an unknown value is never read
+    known = torch.tensor([[True, False], [True, True]])
+    mri, chars = path(size, values, known)
+    torch.testing.assert_close(mri, torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(
+        chars, torch.tensor([(1.0 + 0.1) + 4.0, (-0.5 + 0.1) + (-3.0 + 0.2)])
+    )
+    mri_none, _ = path(None, values, known)
+    torch.testing.assert_close(mri_none, torch.zeros(2))
+
+
+def _randomise_linear_path(model: CascadedMixingTransformer) -> None:
+    assert model.linear is not None
+    for p in model.linear.parameters():  # zero at init: make it matter
+        torch.nn.init.normal_(p, std=1.0)
+
+
+def test_linear_path_follows_the_cascade_and_the_zeroing() -> None:
+    torch.manual_seed(0)
+    model = CascadedMixingTransformer(TINY).eval()
+    base = make_batch(TINY, b=3)
+    with torch.no_grad():
+        before = model(**base).logits
+        _randomise_linear_path(model)
+        after = model(**base).logits
+    assert not torch.allclose(before, after)  # the path is live
+    # the MRI head never sees the characteristics: only the heads after block 2 move
+    other = {**base, "characteristics": base["characteristics"] + 1.0}
+    other["characteristics_known"] = torch.ones_like(base["characteristics_known"])
+    with torch.no_grad():
+        moved = model(**other).logits
+    torch.testing.assert_close(moved[:, 0], after[:, 0])
+    assert not torch.allclose(moved[:, 1:], after[:, 1:])
+    # an absent modality adds nothing through the path either (its values may be NaN)
+    for i, key in ((0, "image"), (1, "characteristics")):
+        present = torch.ones(3, 3, dtype=torch.bool)
+        present[:, i] = False
+        a = {**base, "present": present}
+        b = {**a, key: torch.full_like(base[key], float("nan"))}
+        with torch.no_grad():
+            torch.testing.assert_close(model(**a).logits, model(**b).logits)
+
+
+def test_without_linear_path_there_are_no_such_weights() -> None:
+    plain = CascadedMixingTransformer(ModelConfig(**{**TINY.to_dict(), "linear_skip": False}))
+    assert plain.linear is None
+    assert not any(name.startswith("linear.") for name in plain.state_dict())
+    with pytest.raises(ModelError, match=r"linear_skip must be true or false"):
+        ModelConfig(linear_skip="yes")  # type: ignore[arg-type]
 
 
 BAD_INPUTS = [
@@ -496,3 +558,17 @@ def test_a_few_steps_reduce_the_loss_on_a_learnable_toy() -> None:
         opt.step()
         losses.append(float(total.detach()))
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_linear_path_learns_faster_and_every_weight_is_optimised_once() -> None:
+    from ai_core.model.train import LINEAR_LR_MULT, _parameter_groups
+
+    model = CascadedMixingTransformer(TINY)
+    groups = _parameter_groups(model, 1e-3)
+    assert [g["lr"] for g in groups] == [1e-3, 1e-3 * LINEAR_LR_MULT]
+    assert model.linear is not None
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.linear.parameters()}
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
+    plain = CascadedMixingTransformer(ModelConfig(**{**TINY.to_dict(), "linear_skip": False}))
+    assert len(_parameter_groups(plain, 1e-3)) == 1

@@ -96,16 +96,18 @@ class ModelConfig:
     )  # MRI, characteristics, radiomics
     loss_weights: tuple[float, float, float] = (0.5, 0.4, 0.1)
     size_tokens: bool = True  # three MRI tokens stating the tumour's size (blocks.SizeTokens)
+    linear_skip: bool = True  # a logistic path from size + characteristics to the heads
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "d_model", "n_heads", "ffn_mult", "n_queries"):
             _positive_int(name, getattr(self, name))
         _positive_int("n_characteristics", self.n_characteristics)
         _positive_int("n_radiomics", self.n_radiomics)
-        if not isinstance(self.size_tokens, bool):
-            raise ModelError(
-                f"ModelConfig.size_tokens must be true or false, got {self.size_tokens!r}"
-            )
+        for flag in ("size_tokens", "linear_skip"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ModelError(
+                    f"ModelConfig.{flag} must be true or false, got {getattr(self, flag)!r}"
+                )
         if self.size_tokens and self.in_channels <= MASK_CHANNEL:
             raise ModelError(
                 "ModelConfig.size_tokens reads the tumour mask from crop channel "
@@ -176,7 +178,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are refused, missing ones take the default
-        (except ``size_tokens``: a bundle without the key predates them, so False)."""
+        (except ``size_tokens`` and ``linear_skip``: a bundle without the key predates them,
+        so False)."""
         if not isinstance(data, Mapping):
             raise ModelError(f"ModelConfig.from_dict needs a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
@@ -189,6 +192,7 @@ class ModelConfig:
         kwargs: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
         }
-        # Bundles written before the size tokens existed have no such key and no such weights.
+        # Bundles written before these existed have no such key and no such weights.
         kwargs.setdefault("size_tokens", False)
+        kwargs.setdefault("linear_skip", False)
         return cls(**kwargs)

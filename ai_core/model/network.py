@@ -3,7 +3,10 @@
 A learned query passes through three :class:`~ai_core.model.blocks.MixingBlock`
 in the order of :data:`MODALITIES` (MRI -> radiological characteristics ->
 radiomics); each block cross-attends to its modality's tokens and is followed
-by an auxiliary head (LN + Linear on the query averaged over queries). Output 1
+by an auxiliary head (LN + Linear on the query averaged over queries), plus,
+with ``linear_skip``, the :class:`~ai_core.model.blocks.LinearEvidence` terms
+of the modalities read so far (size from block 1 on, characteristics from
+block 2 on). Output 1
 (after MRI + characteristics) is the reported prediction, output 2 (after
 radiomics) is reported as well.
 
@@ -25,13 +28,19 @@ from torch import Tensor, nn
 from ai_core.errors import ModelError
 from ai_core.model.blocks import (
     CharacteristicEmbedding,
+    LinearEvidence,
     MixingBlock,
     MriTokenizer,
     RadiomicsEmbedding,
+    SizeTokens,
+    size_values,
 )
-from ai_core.model.config import ModelConfig, check_loss_weights
+from ai_core.model.config import MASK_CHANNEL, ModelConfig, check_loss_weights
 
 MODALITIES: tuple[str, str, str] = ("mri", "characteristics", "radiomics")
+
+#: The linear path reads the size values (in [0, 1]) times this.
+LINEAR_SIZE_SCALE = 10.0
 
 
 @dataclass
@@ -94,6 +103,9 @@ class CascadedMixingTransformer(nn.Module):
         self.heads = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1)) for _ in MODALITIES
         )
+        self.linear = (
+            LinearEvidence(config.n_characteristics, SizeTokens.N) if config.linear_skip else None
+        )
         #: Dotted name of the last CNN stage, for ``monai.visualize.GradCAM(target_layers=...)``.
         self.gradcam_layer: str = f"mri_encoder.stages.{len(config.cnn_channels) - 1}"
 
@@ -129,17 +141,34 @@ class CascadedMixingTransformer(nn.Module):
             self.radiomics_embedding(radiomics, rad_known) * on[:, 2, None, None],
         )
         query = self.query.expand(b, -1, -1)
+        skip = self._linear_terms(mri_in, characteristics, char_known, on)
         logits: list[Tensor] = []
         weights: list[Tensor] = []
-        for block, head, modality_tokens in zip(self.blocks, self.heads, tokens, strict=True):
+        for block, head, modality_tokens, extra in zip(
+            self.blocks, self.heads, tokens, skip, strict=True
+        ):
             query, w = block(query, modality_tokens)
             weights.append(w)
-            logits.append(head(query.mean(dim=1)).squeeze(-1))
+            logits.append(head(query.mean(dim=1)).squeeze(-1) + extra)
         return CascadeOutput(
             logits=torch.stack(logits, dim=1),
             attention=(weights[0], weights[1], weights[2]),
             present=used,
         )
+
+    def _linear_terms(
+        self, mri_in: Tensor, characteristics: Tensor, char_known: Tensor, on: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The linear path's addition to each head's logit (zeros without ``linear_skip``)."""
+        if self.linear is None:
+            zero = on.new_zeros(on.shape[0])
+            return zero, zero, zero
+        size = None
+        if self.config.size_tokens:  # values in [0, 1]: scaled so that log-odds weights are ~1
+            size = LINEAR_SIZE_SCALE * size_values(mri_in[:, MASK_CHANNEL]).to(on.dtype)
+        mri, chars = self.linear(size, characteristics, char_known)
+        mri, chars = mri * on[:, 0], chars * on[:, 1]
+        return mri, mri + chars, mri + chars
 
     def _check_inputs(
         self,
