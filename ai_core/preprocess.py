@@ -15,7 +15,12 @@ Steps, in order (each timed, see :attr:`Preprocessed.timings_s`):
    evaluated on the shrunk grid, is interpolated onto the working grid and
    divided out. Nearly all of the time goes here.
 4. ``scale`` — intensities between the ``percentiles`` of the head voxels are
-   mapped linearly onto ``output_range``, clipped outside; float32.
+   mapped linearly onto ``output_range``, clipped outside; float32. The same
+   mapping clipped only below is kept as :attr:`Preprocessed.unclipped`: an
+   enhancing tumour is often the brightest tissue in the head, so the upper
+   percentile cuts through it (a third to two thirds of its voxels at the
+   top of the range in the synthetic cohort) and flattens its enhancement
+   texture, which the Ki-67 model's crop needs (:class:`ai_core.model.inputs.CropParams`).
 """
 
 from __future__ import annotations
@@ -136,6 +141,13 @@ class Preprocessed:
     params: PreprocessParams
     intensity_window: tuple[float, float]  # bias-corrected values mapped to the range ends
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: The same linear mapping clipped only below (float32); None = not kept, use :attr:`image`.
+    unclipped: np.ndarray | None = None
+
+    @property
+    def image_unclipped(self) -> np.ndarray:
+        """The working image without the upper clip (:attr:`image` where it was not kept)."""
+        return self.image if self.unclipped is None else self.unclipped
 
     def to_sitk(self) -> sitk.Image:
         """The working image as a SimpleITK image."""
@@ -182,7 +194,8 @@ def preprocess(volume: Volume, params: PreprocessParams | None = None) -> Prepro
     start = time.perf_counter()
     pixels = sitk.GetArrayFromImage(image)
     mask_array = sitk.GetArrayFromImage(mask).astype(np.uint8, copy=False)
-    scaled, window = scale_intensities(pixels, mask_array, params)
+    unclipped, window = scale_intensities(pixels, mask_array, params, clip_top=False)
+    scaled = np.minimum(unclipped, np.float32(params.output_range[1]))
     timings["scale"] = _lap(start)
     timings["total"] = float(sum(timings.values()))
     log.debug(
@@ -200,6 +213,7 @@ def preprocess(volume: Volume, params: PreprocessParams | None = None) -> Prepro
         params=params,
         intensity_window=window,
         timings_s=timings,
+        unclipped=unclipped,
     )
 
 
@@ -260,9 +274,10 @@ def head_mask(image: sitk.Image) -> sitk.Image:
 
 
 def scale_intensities(
-    pixels: np.ndarray, mask: np.ndarray, params: PreprocessParams
+    pixels: np.ndarray, mask: np.ndarray, params: PreprocessParams, *, clip_top: bool = True
 ) -> tuple[np.ndarray, tuple[float, float]]:
-    """Map the head's percentile window onto the output range, clipped; float32."""
+    """Map the head's percentile window onto the output range, clipped (below only
+    with ``clip_top=False``); float32."""
     inside = pixels[mask != 0]
     if inside.size == 0:
         inside = pixels.ravel()
@@ -277,7 +292,7 @@ def scale_intensities(
         (out_max - out_min) / (high - low)
     )
     scaled += np.float32(out_min)
-    np.clip(scaled, out_min, out_max, out=scaled)
+    np.clip(scaled, out_min, out_max if clip_top else None, out=scaled)
     return scaled, (low, high)
 
 

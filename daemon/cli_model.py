@@ -20,6 +20,14 @@ log = logging.getLogger("ki67node")
 EMA_DECAY = 0.0
 
 
+def _at_least_one(text: str) -> float:
+    """An argparse type: a finite number of at least 1."""
+    value = float(text)
+    if not 1.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a number of at least 1")
+    return value
+
+
 def _train_settings(args: argparse.Namespace) -> Any:
     from ai_core.model.predict import resolve_device
     from ai_core.model.train import TrainSettings
@@ -61,6 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     setup_logging("DEBUG" if args.debug else "INFO")
     from ai_core.model.fit import train_bundle
+    from ai_core.model.inputs import CropParams
 
     out = Path(args.out)
     outcome = train_bundle(
@@ -69,8 +78,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings=_train_settings(args),
         config_overrides={
             "size_tokens": not args.no_size_tokens,
+            "texture_tokens": not args.no_texture_tokens,
             "linear_skip": not args.no_linear_skip,
         },
+        crop=None if args.crop_max_value is None else CropParams(max_value=args.crop_max_value),
         cache_dir=Path(args.cache) if args.cache else None,
         workers=args.workers,
         progress=not args.no_progress,
@@ -137,9 +148,21 @@ def add_model_commands(sub: Any) -> None:
         help="ablation: no tumour-size tokens in the MRI block (docs/model.md)",
     )
     p.add_argument(
+        "--no-texture-tokens",
+        action="store_true",
+        help="ablation: no enhancement-heterogeneity tokens in the MRI block",
+    )
+    p.add_argument(
         "--no-linear-skip",
         action="store_true",
-        help="ablation: no linear path from size and characteristics to the heads",
+        help="ablation: no linear path from the MRI values and characteristics to the heads",
+    )
+    p.add_argument(
+        "--crop-max-value",
+        type=_at_least_one,
+        metavar="X",
+        help="clip the crop's T1C at X times the top of the head's intensity window "
+        "(default: ai_core.model.inputs.CropParams, 4; 1 = the clipped working image)",
     )
     _common(p)
     p.set_defaults(func=cmd_train)

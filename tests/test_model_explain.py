@@ -21,9 +21,11 @@ CFG = ModelConfig(
     n_radiomics=4,
     dropout=0.0,
     modality_dropout=(0.0, 0.0, 0.0),
-    # The blobs differ in brightness, not in size: the size tokens carry nothing here,
-    # and these tests are about the CNN's Grad-CAM (orientation, polarity, hooks).
+    # These tests are about the CNN's Grad-CAM (orientation, polarity, hooks): the size
+    # tokens carry nothing here (the blobs differ in brightness, not in size), and the
+    # texture tokens would read the blob's brightness off the mask without the CNN.
     size_tokens=False,
+    texture_tokens=False,
 )
 GRID = torch.stack(torch.meshgrid(*(torch.arange(S, dtype=torch.float32),) * 3, indexing="ij"))
 # Blob centres whose images under any transposition/flip of the axes lie, on average,
@@ -204,10 +206,10 @@ def test_attention_map_puts_a_hot_token_on_its_cell(cell: tuple[int, int, int]) 
     d, h, w = cfg.feature_grid
     assert (d, h, w) == (4, 4, 4)
     n = cfg.n_mri_tokens
-    attention = torch.zeros(2, cfg.n_heads, cfg.n_queries, n + cfg.n_size_tokens)
+    attention = torch.zeros(2, cfg.n_heads, cfg.n_queries, n + cfg.n_summary_tokens)
     z, y, x = cell
     attention[0, :, :, (z * h + y) * w + x] = 0.5  # sample 0: one hot token
-    attention[0, :, :, n:] = 0.5 / 3  # ... and the size tokens, which are no place
+    attention[0, :, :, n:] = 0.5 / cfg.n_summary_tokens  # ... and the size/texture tokens, no place
     attention[1, :, :, :n] = 1.0 / n  # sample 1: uniform over the grid
     maps = mri_attention_map(attention, cfg)
     assert maps.shape == (2, 16, 16, 16)
@@ -244,7 +246,7 @@ def test_attention_map_rejects_wrong_token_count() -> None:
     with pytest.raises(
         ModelError,
         match=r"attention_mri must be \[B, n_heads, n_queries, "
-        r"n_mri_tokens \+ n_size_tokens = 512 \+ 3\]",
+        r"n_mri_tokens \+ n_summary_tokens = 512 \+ 6\]",
     ):
         mri_attention_map(torch.zeros(1, 4, 1, 64), ModelConfig())
 

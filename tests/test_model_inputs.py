@@ -13,6 +13,7 @@ from ai_core.model.cases import read_manifest, read_manifests
 from ai_core.model.inputs import (
     Characteristics,
     CropParams,
+    crop_source,
     crop_to_grid,
     parse_bool,
     tumour_crop,
@@ -100,8 +101,10 @@ def test_crop_of_an_empty_mask_is_refused() -> None:
         ({"size": (2, 64, 64)}, "size"),
         ({"spacing_mm": 0.0}, "spacing_mm"),
         ({"intensity_scale": -1.0}, "intensity_scale"),
+        ({"max_value": 0.5}, "max_value"),
+        ({"max_value": float("nan")}, "max_value"),
     ],
-    ids=["size", "spacing", "scale"],
+    ids=["size", "spacing", "scale", "max-below-1", "max-nan"],
 )
 def test_crop_params_are_validated(kwargs: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message):
@@ -111,6 +114,8 @@ def test_crop_params_are_validated(kwargs: dict, message: str) -> None:
 def test_crop_params_round_trip() -> None:
     p = CropParams((48, 56, 64), 1.5)
     assert CropParams.from_dict(p.to_dict()) == p
+    # a bundle written before max_value read the clipped working image: it keeps doing so
+    assert CropParams.from_dict({"size": [8, 8, 8]}).max_value == 1.0
     with pytest.raises(ModelError, match="unknown crop parameter"):
         CropParams.from_dict({"size": [8, 8, 8], "colour": 1})
 
@@ -194,3 +199,29 @@ def test_manifests_with_the_same_case_are_refused(tmp_path: Path) -> None:
     path = _manifest(tmp_path, ["A,s1,7.5,yes,"])
     with pytest.raises(EvaluationError, match="is in both"):
         read_manifests([path, path])
+
+
+def test_crop_keeps_the_texture_of_a_tumour_brighter_than_the_window() -> None:
+    """Above the head's upper percentile the clipped working image is flat; the crop is not."""
+    grid = Grid((40, 40, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), AXIAL)
+    mask = _sphere_on(grid, np.array([20.0, 20.0, 20.0]), 8.0)
+    rng = np.random.default_rng(0)
+    unclipped = np.where(mask > 0, 400.0 * (1 + 0.1 * rng.standard_normal(grid.shape)), 100.0)
+    unclipped = unclipped.astype(np.float32)
+    clipped = np.minimum(unclipped, np.float32(255.0))
+
+    class Working:  # the two images of ai_core.preprocess.Preprocessed
+        image, image_unclipped = clipped, unclipped
+
+    new, old = CropParams((24, 24, 24), 1.0), CropParams((24, 24, 24), 1.0, max_value=1.0)
+    assert crop_source(Working, new) is unclipped  # type: ignore[arg-type]
+    assert crop_source(Working, old) is clipped  # type: ignore[arg-type]
+    inside = slice(8, 16)
+    fresh = tumour_crop(unclipped, mask, grid, new)[0][0, inside, inside, inside]
+    flat = tumour_crop(clipped, mask, grid, old)[0][0, inside, inside, inside]
+    assert float(flat.std()) < 0.01 and float(flat.max()) == pytest.approx(1.0)
+    # white noise of CV 0.1, averaged by the half-voxel linear resampling
+    assert 0.02 < float(fresh.std() / fresh.mean()) < 0.1
+    # the crop is capped at max_value
+    capped = tumour_crop(unclipped, mask, grid, CropParams((24, 24, 24), 1.0, max_value=1.5))
+    assert float(capped[0][0].max()) == pytest.approx(1.5)

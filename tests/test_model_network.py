@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ai_core.errors import ModelError
-from ai_core.model.blocks import LinearEvidence, size_values
+from ai_core.model.blocks import LinearEvidence, size_values, texture_values
 from ai_core.model.config import ModelConfig
 from ai_core.model.network import (
     MODALITIES,
@@ -183,7 +183,7 @@ def test_config_from_dict_missing_key_takes_default() -> None:
     assert new.linear_skip and new.to_dict()["linear_skip"] is True
     # a bundle written before the size tokens / linear path existed: no key, no weights -> off
     assert ModelConfig.from_dict({"d_model": 64}) == ModelConfig(
-        d_model=64, size_tokens=False, linear_skip=False
+        d_model=64, size_tokens=False, texture_tokens=False, linear_skip=False
     )
 
 
@@ -220,7 +220,7 @@ def test_shapes_and_finite_for_every_modality_combination(present: tuple[bool, b
     assert out.output1.shape == out.output2.shape == (3,)
     assert torch.equal(out.output1, out.logits[:, 1])
     assert torch.isfinite(out.logits).all()
-    n_tokens = (TINY.n_mri_tokens + TINY.n_size_tokens, TINY.n_characteristics, TINY.n_radiomics)
+    n_tokens = (TINY.n_mri_tokens + TINY.n_summary_tokens, TINY.n_characteristics, TINY.n_radiomics)
     for attn, n in zip(out.attention, n_tokens, strict=True):
         assert attn.shape == (3, TINY.n_heads, TINY.n_queries, n)
         assert torch.isfinite(attn).all()
@@ -238,7 +238,7 @@ def test_default_config_forward_and_gradcam_layer() -> None:
     batch = make_batch(ModelConfig(), b=1)
     with torch.no_grad():
         out = model(**batch)
-    assert out.attention[0].shape == (1, 4, 1, 512 + 3)  # CNN grid 8^3 + 3 size tokens
+    assert out.attention[0].shape == (1, 4, 1, 512 + 6)  # CNN grid 8^3 + 3 size + 3 texture
     assert model.get_submodule(model.gradcam_layer) is model.mri_encoder.stages[-1]
 
 
@@ -260,6 +260,68 @@ def test_size_values_of_a_known_box() -> None:
     )
 
 
+def _textured_ball(amplitude: float, necrotic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 24^3 crop: a ball of T1C ~ 2 * (1 + amplitude * noise) in a background of 0.5."""
+    g = torch.Generator().manual_seed(3)
+    z, y, x = torch.meshgrid(*(torch.arange(24.0),) * 3, indexing="ij")
+    r = ((z - 12) ** 2 + (y - 12) ** 2 + (x - 12) ** 2).sqrt()
+    mask = (r <= 8).float()
+    t1c = torch.full((24, 24, 24), 0.5)
+    t1c = torch.where(mask > 0, 2.0 * (1 + amplitude * torch.randn(24, 24, 24, generator=g)), t1c)
+    if necrotic:
+        t1c = torch.where(r <= 4, torch.full_like(t1c, 0.3), t1c)
+    return t1c, mask
+
+
+def test_texture_values_measure_the_heterogeneity_of_the_enhancement() -> None:
+    smooth, mask = _textured_ball(0.02)
+    rough, _ = _textured_ball(0.08)
+    necrotic, _ = _textured_ball(0.02, necrotic=True)
+    values = texture_values(torch.stack([smooth, rough, necrotic]), mask.expand(3, -1, -1, -1))
+    assert values.shape == (3, 3) and torch.isfinite(values).all()
+    # log CV: four times the amplitude is log(4) more (the rim is eroded away)
+    torch.testing.assert_close(
+        values[1, 0] - values[0, 0], torch.tensor(math.log(4.0)), atol=0.05, rtol=0
+    )
+    torch.testing.assert_close(values[0, 0], torch.tensor(math.log(0.02) + 3.0), atol=0.05, rtol=0)
+    # the IQR follows the texture too (normal: IQR = 1.349 sigma)
+    torch.testing.assert_close(
+        values[1, 1] - values[0, 1], torch.tensor(math.log(4.0)), atol=0.1, rtol=0
+    )
+    # a necrotic core: dark share ~ (4/7)^3 of the eroded ball; the IQR moves less than the CV
+    assert values[0, 2] == 0 and 0.1 < float(values[2, 2]) < 0.3
+    assert 0 < float(values[2, 1] - values[0, 1]) < 0.5 * float(values[2, 0] - values[0, 0])
+    # scale-free: another intensity window gives the same values
+    torch.testing.assert_close(
+        texture_values(3.0 * rough[None], mask[None]), values[1:2], atol=1e-3, rtol=0
+    )
+    # an empty mask (an absent MRI is all zeros) stays finite
+    assert torch.isfinite(texture_values(torch.zeros(1, 8, 8, 8), torch.zeros(1, 8, 8, 8))).all()
+
+
+def test_texture_tokens_carry_the_heterogeneity_and_vanish_with_the_mri() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**TINY.to_dict(), "crop_size": (24, 24, 24)})
+    model = CascadedMixingTransformer(cfg).eval()
+    smooth, mask = _textured_ball(0.02)
+    rough, _ = _textured_ball(0.08)
+    batch = make_batch(cfg, b=2)
+    for key in ("characteristics", "characteristics_known", "radiomics", "radiomics_known"):
+        batch[key][1] = batch[key][0]  # the two samples differ only in the texture
+    batch["image"] = torch.stack([torch.stack([smooth, mask]), torch.stack([rough, mask])])
+    tokens = model.mri_encoder(batch["image"])
+    texture = slice(cfg.n_mri_tokens + 3, cfg.n_mri_tokens + 6)
+    assert not torch.allclose(tokens[0, texture], tokens[1, texture])
+    _randomise_linear_path(model)
+    absent = {**batch, "present": torch.tensor([[False, True, True]] * 2)}
+    with torch.no_grad():
+        out = model(**batch)
+        gone = model(**absent)
+    assert not torch.allclose(out.logits[0, 0], out.logits[1, 0])
+    # without the MRI neither its tokens nor its linear term say anything
+    torch.testing.assert_close(gone.logits[0], gone.logits[1])
+
+
 def test_size_tokens_carry_the_tumour_size_and_vanish_with_the_mri() -> None:
     torch.manual_seed(0)
     model = CascadedMixingTransformer(TINY).eval()
@@ -270,29 +332,38 @@ def test_size_tokens_carry_the_tumour_size_and_vanish_with_the_mri() -> None:
     batch["image"][1, 1] = 0.0
     batch["image"][1, 1, 2:14, 2:14, 2:14] = 1.0  # large tumour, same T1C
     tokens = model.mri_encoder(batch["image"])
-    assert tokens.shape == (2, TINY.n_mri_tokens + 3, TINY.d_model)
-    assert not torch.allclose(tokens[0, -3:], tokens[1, -3:])
+    assert tokens.shape == (2, TINY.n_mri_tokens + 6, TINY.d_model)
+    size = slice(TINY.n_mri_tokens, TINY.n_mri_tokens + 3)
+    assert not torch.allclose(tokens[0, size], tokens[1, size])
     with torch.no_grad():
         out = model(**batch)
     assert not torch.allclose(out.logits[0, 0], out.logits[1, 0])
     # without the size tokens the same model family exists (older bundles, ablations)
-    plain = ModelConfig(**{**TINY.to_dict(), "size_tokens": False})
-    assert plain.n_size_tokens == 0
+    plain = ModelConfig(**{**TINY.to_dict(), "size_tokens": False, "texture_tokens": False})
+    assert plain.n_summary_tokens == 0
     assert CascadedMixingTransformer(plain).mri_encoder(batch["image"]).shape[1] == 64
+    texture_only = ModelConfig(**{**TINY.to_dict(), "size_tokens": False})
+    assert CascadedMixingTransformer(texture_only).mri_encoder(batch["image"]).shape[1] == 67
 
 
 def test_size_tokens_need_the_mask_channel() -> None:
-    with pytest.raises(ModelError, match=r"size_tokens reads the tumour mask from crop channel 1"):
+    with pytest.raises(
+        ModelError, match=r"texture_tokens read the tumour mask from crop channel 1"
+    ):
         ModelConfig(in_channels=1)
-    assert ModelConfig(in_channels=1, size_tokens=False).n_size_tokens == 0
+    with pytest.raises(ModelError, match=r"in_channels must be at least 2"):
+        ModelConfig(in_channels=1, size_tokens=False)
+    assert ModelConfig(in_channels=1, size_tokens=False, texture_tokens=False).n_summary_tokens == 0
     with pytest.raises(ModelError, match=r"size_tokens must be true or false"):
         ModelConfig(size_tokens=1)  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match=r"texture_tokens must be true or false"):
+        ModelConfig(texture_tokens="yes")  # type: ignore[arg-type]
 
 
 def test_linear_evidence_adds_known_log_odds() -> None:
-    path = LinearEvidence(n_characteristics=2, n_size=3)
+    path = LinearEvidence(n_characteristics=2, n_image=3)
     with torch.no_grad():
-        path.size_weight.copy_(torch.tensor([1.0, 2.0, 0.0]))
+        path.image_weight.copy_(torch.tensor([1.0, 2.0, 0.0]))
         path.char_weight.copy_(torch.tensor([0.5, -1.0]))
         path.char_known_bias.copy_(torch.tensor([0.1, 0.2]))
         path.char_unknown_bias.copy_(torch.tensor([-3.0, 4.0]))

@@ -123,6 +123,12 @@ def test_output_grid_range_and_extent(
     assert pre.source.shape == volume.shape
     assert 0.3 < np.count_nonzero(pre.head_mask) / pre.head_mask.size < 0.6
     assert set(pre.timings_s) == {"resample", "head_mask", "n4", "scale", "total"}
+    # the same mapping without the upper clip: equal below the top, brighter above it
+    top = pre.image >= 255.0
+    assert pre.image_unclipped.dtype == np.float32 and top.any()
+    np.testing.assert_array_equal(pre.image_unclipped[~top], pre.image[~top])
+    assert float(pre.image_unclipped[top].min()) >= 255.0
+    assert float(pre.image_unclipped.max()) > 255.0
 
 
 def test_preprocessing_a_dicom_series(tmp_path: Path) -> None:

@@ -344,7 +344,7 @@ def _series_files(case: ManifestCase) -> list[Path]:
 
 def _extract_to(case: ManifestCase, params: FeatureParams, path: Path, device: str) -> None:
     from ai_core.analysis import AnalysisOptions, analyse_series
-    from ai_core.model.inputs import tumour_crop
+    from ai_core.model.inputs import crop_source, tumour_crop
     from ai_core.radiomics_features import feature_names
 
     names = feature_names(params.radiomics_params)
@@ -374,7 +374,10 @@ def _extract_to(case: ManifestCase, params: FeatureParams, path: Path, device: s
         _save(path, record)
         return
     crop, geometry = tumour_crop(
-        analysis.working.image, analysis.segmentation.mask_zyx, analysis.working.grid, params.crop
+        crop_source(analysis.working, params.crop),
+        analysis.segmentation.mask_zyx,
+        analysis.working.grid,
+        params.crop,
     )
     m = analysis.measurements
     record.update(

@@ -25,6 +25,9 @@ CHARACTERISTICS: tuple[str, ...] = ("edema_index", "necrosis", "csf_cleft", "cap
 
 #: The crop channel that holds the tumour mask (channel 0 is the T1C).
 MASK_CHANNEL = 1
+#: Values behind the MRI block's size tokens and texture tokens (:mod:`ai_core.model.blocks`).
+N_SIZE_VALUES = 3
+N_TEXTURE_VALUES = 3
 
 #: An MRI token grid larger than this is a mistake (e.g. a crop without down-sampling).
 MAX_MRI_TOKENS = 4096
@@ -95,22 +98,25 @@ class ModelConfig:
         0.3,
     )  # MRI, characteristics, radiomics
     loss_weights: tuple[float, float, float] = (0.5, 0.4, 0.1)
-    size_tokens: bool = True  # three MRI tokens stating the tumour's size (blocks.SizeTokens)
-    linear_skip: bool = True  # a logistic path from size + characteristics to the heads
+    size_tokens: bool = True  # three MRI tokens stating the tumour's size (blocks.size_values)
+    texture_tokens: bool = (
+        True  # three MRI tokens: enhancement heterogeneity (blocks.texture_values)
+    )
+    linear_skip: bool = True  # a logistic path from those values + characteristics to the heads
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "d_model", "n_heads", "ffn_mult", "n_queries"):
             _positive_int(name, getattr(self, name))
         _positive_int("n_characteristics", self.n_characteristics)
         _positive_int("n_radiomics", self.n_radiomics)
-        for flag in ("size_tokens", "linear_skip"):
+        for flag in ("size_tokens", "texture_tokens", "linear_skip"):
             if not isinstance(getattr(self, flag), bool):
                 raise ModelError(
                     f"ModelConfig.{flag} must be true or false, got {getattr(self, flag)!r}"
                 )
-        if self.size_tokens and self.in_channels <= MASK_CHANNEL:
+        if (self.size_tokens or self.texture_tokens) and self.in_channels <= MASK_CHANNEL:
             raise ModelError(
-                "ModelConfig.size_tokens reads the tumour mask from crop channel "
+                "ModelConfig.size_tokens/texture_tokens read the tumour mask from crop channel "
                 f"{MASK_CHANNEL}: in_channels must be at least {MASK_CHANNEL + 1}, "
                 f"got {self.in_channels!r}"
             )
@@ -168,8 +174,9 @@ class ModelConfig:
         return math.prod(self.feature_grid)
 
     @property
-    def n_size_tokens(self) -> int:
-        return 3 if self.size_tokens else 0
+    def n_summary_tokens(self) -> int:
+        """The MRI block's tokens after the CNN's: size, then texture."""
+        return N_SIZE_VALUES * self.size_tokens + N_TEXTURE_VALUES * self.texture_tokens
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (tuples become lists)."""
@@ -178,8 +185,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are refused, missing ones take the default
-        (except ``size_tokens`` and ``linear_skip``: a bundle without the key predates them,
-        so False)."""
+        (except ``size_tokens``, ``texture_tokens`` and ``linear_skip``: a bundle without
+        the key predates them, so False)."""
         if not isinstance(data, Mapping):
             raise ModelError(f"ModelConfig.from_dict needs a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
@@ -194,5 +201,6 @@ class ModelConfig:
         }
         # Bundles written before these existed have no such key and no such weights.
         kwargs.setdefault("size_tokens", False)
+        kwargs.setdefault("texture_tokens", False)
         kwargs.setdefault("linear_skip", False)
         return cls(**kwargs)

@@ -128,17 +128,17 @@ def grad_cam(
 def mri_attention_map(attention_mri: Tensor, model_config: ModelConfig) -> Tensor:
     """Cross-attention of the MRI block on the crop: [B, *crop_size] in [0, 1].
 
-    ``attention_mri`` [B, n_heads, n_queries, n_mri_tokens + n_size_tokens]
+    ``attention_mri`` [B, n_heads, n_queries, n_mri_tokens + n_summary_tokens]
     (``CascadeOutput.attention[0]``) is averaged over heads and queries, the
-    size tokens (last, not places in the image) left out, put back on the token grid in the
+    size and texture tokens (last, not places in the image) left out, put back on the token grid in the
     order the tokens were flattened, upsampled (trilinear, :func:`upsample_to_crop`)
     to the crop and divided by its peak per sample.
     """
     n = model_config.n_mri_tokens
-    extra = model_config.n_size_tokens
+    extra = model_config.n_summary_tokens
     if attention_mri.ndim != 4 or attention_mri.shape[-1] != n + extra:
         raise ModelError(
-            f"attention_mri must be [B, n_heads, n_queries, n_mri_tokens + n_size_tokens = "
+            f"attention_mri must be [B, n_heads, n_queries, n_mri_tokens + n_summary_tokens = "
             f"{n} + {extra}], got {list(attention_mri.shape)}"
         )
     weights = attention_mri.detach().float().mean(dim=(1, 2))[:, :n]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,6 +22,9 @@ import SimpleITK as sitk
 from ai_core.errors import ModelError
 from ai_core.image import Grid, array_to_sitk
 from ai_core.model.config import CHARACTERISTICS
+
+if TYPE_CHECKING:
+    from ai_core.preprocess import Preprocessed
 
 CHANNELS = ("t1c", "tumour_mask")
 
@@ -33,6 +36,12 @@ class CropParams:
     size: tuple[int, int, int] = (64, 64, 64)  # [z, y, x] voxels
     spacing_mm: float = 1.25
     intensity_scale: float = 255.0  # working-image value that becomes 1.0
+    #: Crop values are clipped at this (after the division by ``intensity_scale``).
+    #: Above 1 the crop reads the working image without its upper clip
+    #: (:attr:`ai_core.preprocess.Preprocessed.unclipped`), so that a tumour
+    #: brighter than the head's upper percentile keeps its enhancement texture.
+    #: Bundles written before this parameter load with 1.0 (their crops unchanged).
+    max_value: float = 4.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", tuple(int(v) for v in self.size))
@@ -42,13 +51,15 @@ class CropParams:
             raise ModelError(f"CropParams.spacing_mm must be in [0.2, 5] mm, got {self.spacing_mm}")
         if not self.intensity_scale > 0:
             raise ModelError(f"CropParams.intensity_scale must be > 0, got {self.intensity_scale}")
+        if not (math.isfinite(self.max_value) and 1.0 <= self.max_value <= 100.0):
+            raise ModelError(f"CropParams.max_value must be in [1, 100], got {self.max_value}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CropParams:
-        unknown = set(data) - {"size", "spacing_mm", "intensity_scale"}
+        unknown = set(data) - {"size", "spacing_mm", "intensity_scale", "max_value"}
         if unknown:
             raise ModelError(f"unknown crop parameter(s): {', '.join(sorted(unknown))}")
         base = cls()
@@ -57,6 +68,7 @@ class CropParams:
             size=(int(size[0]), int(size[1]), int(size[2])),
             spacing_mm=float(data.get("spacing_mm", base.spacing_mm)),
             intensity_scale=float(data.get("intensity_scale", base.intensity_scale)),
+            max_value=float(data.get("max_value", 1.0)),  # older bundles: the clipped image
         )
 
 
@@ -191,6 +203,12 @@ class ModelInputs:
         )
 
 
+def crop_source(working: Preprocessed, params: CropParams) -> np.ndarray:
+    """The working image the crop reads: clipped as usual for ``max_value`` 1 (crops
+    of older bundles stay bit-identical), else the image without its upper clip."""
+    return working.image if params.max_value <= 1.0 else working.image_unclipped
+
+
 def tumour_crop(
     image_zyx: np.ndarray,
     mask_zyx: np.ndarray,
@@ -230,7 +248,8 @@ def tumour_crop(
     tumour = sitk.GetArrayFromImage(
         sitk.Resample(msk, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     )
-    crop = np.stack([t1c / params.intensity_scale, (tumour >= 0.5).astype(np.float32)])
+    t1c = np.clip(t1c / params.intensity_scale, None, params.max_value)
+    crop = np.stack([t1c, (tumour >= 0.5).astype(np.float32)])
     return crop.astype(np.float32), geometry
 
 

@@ -5,8 +5,8 @@ in the order of :data:`MODALITIES` (MRI -> radiological characteristics ->
 radiomics); each block cross-attends to its modality's tokens and is followed
 by an auxiliary head (LN + Linear on the query averaged over queries), plus,
 with ``linear_skip``, the :class:`~ai_core.model.blocks.LinearEvidence` terms
-of the modalities read so far (size from block 1 on, characteristics from
-block 2 on). Output 1
+of the modalities read so far (the MRI's size and texture values from block 1
+on, characteristics from block 2 on). Output 1
 (after MRI + characteristics) is the reported prediction, output 2 (after
 radiomics) is reported as well.
 
@@ -32,14 +32,13 @@ from ai_core.model.blocks import (
     MixingBlock,
     MriTokenizer,
     RadiomicsEmbedding,
-    SizeTokens,
-    size_values,
+    summary_values,
 )
-from ai_core.model.config import MASK_CHANNEL, ModelConfig, check_loss_weights
+from ai_core.model.config import N_SIZE_VALUES, ModelConfig, check_loss_weights
 
 MODALITIES: tuple[str, str, str] = ("mri", "characteristics", "radiomics")
 
-#: The linear path reads the size values (in [0, 1]) times this.
+#: The linear path reads the size values (in [0, 1]) times this (the texture values as they are).
 LINEAR_SIZE_SCALE = 10.0
 
 
@@ -104,7 +103,9 @@ class CascadedMixingTransformer(nn.Module):
             nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1)) for _ in MODALITIES
         )
         self.linear = (
-            LinearEvidence(config.n_characteristics, SizeTokens.N) if config.linear_skip else None
+            LinearEvidence(config.n_characteristics, config.n_summary_tokens)
+            if config.linear_skip
+            else None
         )
         #: Dotted name of the last CNN stage, for ``monai.visualize.GradCAM(target_layers=...)``.
         self.gradcam_layer: str = f"mri_encoder.stages.{len(config.cnn_channels) - 1}"
@@ -135,13 +136,14 @@ class CascadedMixingTransformer(nn.Module):
         mri_in = torch.where(used[:, 0].view(b, 1, 1, 1, 1), image, torch.zeros_like(image))
         char_known = characteristics_known & used[:, 1:2]
         rad_known = radiomics_known & used[:, 2:3]
+        summary = summary_values(mri_in, self.config)
         tokens = (
-            self.mri_encoder(mri_in) * on[:, 0, None, None],
+            self.mri_encoder(mri_in, summary) * on[:, 0, None, None],
             self.characteristic_embedding(characteristics, char_known) * on[:, 1, None, None],
             self.radiomics_embedding(radiomics, rad_known) * on[:, 2, None, None],
         )
         query = self.query.expand(b, -1, -1)
-        skip = self._linear_terms(mri_in, characteristics, char_known, on)
+        skip = self._linear_terms(summary, characteristics, char_known, on)
         logits: list[Tensor] = []
         weights: list[Tensor] = []
         for block, head, modality_tokens, extra in zip(
@@ -157,16 +159,20 @@ class CascadedMixingTransformer(nn.Module):
         )
 
     def _linear_terms(
-        self, mri_in: Tensor, characteristics: Tensor, char_known: Tensor, on: Tensor
+        self, summary: Tensor, characteristics: Tensor, char_known: Tensor, on: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The linear path's addition to each head's logit (zeros without ``linear_skip``)."""
         if self.linear is None:
             zero = on.new_zeros(on.shape[0])
             return zero, zero, zero
-        size = None
-        if self.config.size_tokens:  # values in [0, 1]: scaled so that log-odds weights are ~1
-            size = LINEAR_SIZE_SCALE * size_values(mri_in[:, MASK_CHANNEL]).to(on.dtype)
-        mri, chars = self.linear(size, characteristics, char_known)
+        image = None
+        if summary.shape[1]:
+            image = summary.to(on.dtype)
+            if self.config.size_tokens:  # values in [0, 1]: scaled so that log-odds weights are ~1
+                scale = torch.ones(summary.shape[1], dtype=on.dtype, device=on.device)
+                scale[:N_SIZE_VALUES] = LINEAR_SIZE_SCALE
+                image = image * scale
+        mri, chars = self.linear(image, characteristics, char_known)
         mri, chars = mri * on[:, 0], chars * on[:, 1]
         return mri, mri + chars, mri + chars
 

@@ -26,6 +26,7 @@ from ai_core.model.inputs import (
     CHARACTERISTICS,
     Characteristics,
     CropGeometry,
+    crop_source,
     crop_to_grid,
     tumour_crop,
 )
@@ -132,7 +133,7 @@ class Predictor:
         start = time.perf_counter()
         chars = characteristics or Characteristics()
         crop, geometry = tumour_crop(
-            analysis.working.image,
+            crop_source(analysis.working, self.bundle.crop),
             analysis.segmentation.mask_zyx,
             analysis.working.grid,
             self.bundle.crop,
