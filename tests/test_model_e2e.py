@@ -72,6 +72,8 @@ def test_train_writes_an_honest_bundle(trained: dict[str, Path]) -> None:
     assert meta["architecture"]["n_radiomics"] == 1218
     assert meta["architecture"]["size_tokens"] is True
     assert meta["architecture"]["linear_skip"] is True
+    assert meta["architecture"]["texture_tokens"] is True
+    assert meta["crop"]["max_value"] == 4.0  # the crop reads the unclipped working image
     assert meta["training"]["ema_decay"] == 0.9
     assert meta["radiomics"]["features"] == 1218
     bundle = load_bundle(model)

@@ -643,3 +643,61 @@ def test_linear_path_learns_faster_and_every_weight_is_optimised_once() -> None:
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
     plain = CascadedMixingTransformer(ModelConfig(**{**TINY.to_dict(), "linear_skip": False}))
     assert len(_parameter_groups(plain, 1e-3)) == 1
+
+
+def test_a_measured_summary_replaces_the_one_read_off_the_image() -> None:
+    from ai_core.model.blocks import summary_values
+
+    torch.manual_seed(0)
+    model = CascadedMixingTransformer(TINY).eval()
+    _randomise_linear_path(model)
+    batch = make_batch(TINY, b=3)
+    with torch.no_grad():
+        plain = model(**batch).logits
+        same = model(**batch, summary=summary_values(batch["image"], TINY)).logits
+        other = model(**batch, summary=summary_values(batch["image"], TINY) + 1.0).logits
+    torch.testing.assert_close(same, plain)
+    assert not torch.allclose(other[:, 0], plain[:, 0])
+    with pytest.raises(ModelError, match=r"summary must have shape \[B=3, 6\]"):
+        model(**batch, summary=torch.zeros(3, 3))
+
+
+def test_warm_start_fits_the_linear_path_as_a_logistic_regression() -> None:
+    """y depends on a texture value and one characteristic: the warm start finds both."""
+    from types import SimpleNamespace
+
+    from ai_core.evaluation.metrics import roc_auc
+    from ai_core.model.train import _warm_start_linear
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    n = 400
+    summary = torch.randn(n, TINY.n_summary_tokens, generator=g) * 0.5 + 2.0
+    chars = torch.randn(n, TINY.n_characteristics, generator=g)
+    known = torch.rand(n, TINY.n_characteristics, generator=g) > 0.2
+    logit = 2.0 * (summary[:, 3] - 2.0) + 1.5 * torch.where(known[:, 1], chars[:, 1], 0.0) - 1.0
+    y = (torch.rand(n, generator=g) < torch.sigmoid(logit)).long()
+    table = SimpleNamespace(
+        characteristics=chars.numpy(), characteristics_known=known.numpy(), labels=y.numpy()
+    )
+    model = CascadedMixingTransformer(TINY)
+    _warm_start_linear(model, table, summary, 1.0, torch.device("cpu"))
+    lin = model.linear
+    assert lin is not None
+    image_w, char_w = lin.image_weight.detach(), lin.char_weight.detach()
+    # the weights of the informative inputs dominate; the others stay near 0
+    assert float(image_w[3]) == pytest.approx(2.0, abs=0.5)
+    assert float(char_w[1]) == pytest.approx(1.5, abs=0.4)
+    others = torch.cat([image_w[[0, 1, 2, 4, 5]], char_w[[0, 2, 3]]])
+    assert float(others.abs().max()) < 0.5
+    # centred: an absent MRI adds 0, as an average one would
+    torch.testing.assert_close(lin.image_centre, model.linear_input(summary).mean(dim=0))
+    # an unknown characteristic reads as the average known one
+    v = chars[:, 1][known[:, 1]]
+    expected = float((v * char_w[1] + lin.char_known_bias.detach()[1]).mean())
+    assert float(lin.char_unknown_bias.detach()[1]) == pytest.approx(expected, abs=1e-4)
+    # the heads (bias + linear path) rank the cases as the true log-odds do
+    with torch.no_grad():
+        terms = model.linear_terms(summary, chars, known, torch.ones(n, 3))
+        head1 = model.heads[1][1].bias + terms[1]
+    assert roc_auc(y.numpy(), head1.numpy()) > 0.95 * roc_auc(y.numpy(), logit.numpy())

@@ -257,6 +257,10 @@ class LinearEvidence(nn.Module):
     def __init__(self, n_characteristics: int, n_image: int) -> None:
         super().__init__()
         self.image_weight = nn.Parameter(torch.zeros(n_image))
+        #: Subtracted from the MRI values (the training mean, set by the warm start), so
+        #: that an absent MRI (term 0) reads as an average one, not as a tumour of size 0.
+        self.image_centre: Tensor
+        self.register_buffer("image_centre", torch.zeros(n_image))
         self.char_weight = nn.Parameter(torch.zeros(n_characteristics))
         self.char_known_bias = nn.Parameter(torch.zeros(n_characteristics))
         self.char_unknown_bias = nn.Parameter(torch.zeros(n_characteristics))
@@ -267,7 +271,10 @@ class LinearEvidence(nn.Module):
         per_char = torch.where(
             known, v * self.char_weight + self.char_known_bias, self.char_unknown_bias
         )
-        mri = per_char.new_zeros(per_char.shape[0]) if image is None else image @ self.image_weight
+        if image is None:
+            mri = per_char.new_zeros(per_char.shape[0])
+        else:
+            mri = (image - self.image_centre) @ self.image_weight
         return mri, per_char.sum(dim=1)
 
 

@@ -118,13 +118,17 @@ class CascadedMixingTransformer(nn.Module):
         radiomics: Tensor,
         radiomics_known: Tensor,
         present: Tensor,
+        summary: Tensor | None = None,
     ) -> CascadeOutput:
         """Run the cascade; see :class:`CascadeOutput`.
 
         ``image`` [B, in_channels, *crop_size]; ``characteristics`` [B,
         n_characteristics] with ``characteristics_known`` (bool, same shape);
         ``radiomics`` [B, n_radiomics] z-scores with ``radiomics_known``;
-        ``present`` [B, 3] bool in the order of :data:`MODALITIES`.
+        ``present`` [B, 3] bool in the order of :data:`MODALITIES`; ``summary``
+        [B, n_summary_tokens]: the size/texture values when the caller measured them
+        already (training measures them on the crops before augmentation, which
+        would otherwise smooth the texture they measure); else read off ``image``.
         """
         self._check_inputs(
             image, characteristics, characteristics_known, radiomics, radiomics_known, present
@@ -136,14 +140,22 @@ class CascadedMixingTransformer(nn.Module):
         mri_in = torch.where(used[:, 0].view(b, 1, 1, 1, 1), image, torch.zeros_like(image))
         char_known = characteristics_known & used[:, 1:2]
         rad_known = radiomics_known & used[:, 2:3]
-        summary = summary_values(mri_in, self.config)
+        if summary is None:
+            summary = summary_values(mri_in, self.config)
+        else:
+            _check(
+                tuple(summary.shape) == (b, self.config.n_summary_tokens),
+                f"summary must have shape [B={b}, {self.config.n_summary_tokens}], "
+                f"got {list(summary.shape)}",
+            )
+            summary = torch.where(used[:, :1], summary, torch.zeros_like(summary))
         tokens = (
             self.mri_encoder(mri_in, summary) * on[:, 0, None, None],
             self.characteristic_embedding(characteristics, char_known) * on[:, 1, None, None],
             self.radiomics_embedding(radiomics, rad_known) * on[:, 2, None, None],
         )
         query = self.query.expand(b, -1, -1)
-        skip = self._linear_terms(summary, characteristics, char_known, on)
+        skip = self.linear_terms(summary, characteristics, char_known, on)
         logits: list[Tensor] = []
         weights: list[Tensor] = []
         for block, head, modality_tokens, extra in zip(
@@ -158,20 +170,23 @@ class CascadedMixingTransformer(nn.Module):
             present=used,
         )
 
-    def _linear_terms(
+    def linear_input(self, summary: Tensor) -> Tensor:
+        """The summary values as the linear path reads them (size values x LINEAR_SIZE_SCALE)."""
+        if not self.config.size_tokens:
+            return summary
+        scale = torch.ones(summary.shape[1], dtype=summary.dtype, device=summary.device)
+        scale[:N_SIZE_VALUES] = LINEAR_SIZE_SCALE  # values in [0, 1]: log-odds weights ~1
+        return summary * scale
+
+    def linear_terms(
         self, summary: Tensor, characteristics: Tensor, char_known: Tensor, on: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """The linear path's addition to each head's logit (zeros without ``linear_skip``)."""
+        """The linear path's addition to each head's logit (zeros without ``linear_skip``);
+        ``on`` [B, 3]: 1 where the modality is used."""
         if self.linear is None:
             zero = on.new_zeros(on.shape[0])
             return zero, zero, zero
-        image = None
-        if summary.shape[1]:
-            image = summary.to(on.dtype)
-            if self.config.size_tokens:  # values in [0, 1]: scaled so that log-odds weights are ~1
-                scale = torch.ones(summary.shape[1], dtype=on.dtype, device=on.device)
-                scale[:N_SIZE_VALUES] = LINEAR_SIZE_SCALE
-                image = image * scale
+        image = self.linear_input(summary.to(on.dtype)) if summary.shape[1] else None
         mri, chars = self.linear(image, characteristics, char_known)
         mri, chars = mri * on[:, 0], chars * on[:, 1]
         return mri, mri + chars, mri + chars

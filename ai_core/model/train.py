@@ -4,7 +4,10 @@ One run: AdamW, class imbalance handled by the positive-class weight of the
 loss (n_negative / n_positive), MONAI augmentation of the crops (left-right
 flip — side carries no label information —, small affine, intensity scale/shift,
 noise), modality dropout inside the network, early stopping on the
-validation AUC of Output 1, the best epoch's weights kept. Seeds make a run
+validation AUC of Output 1, the best epoch's weights kept. Before the first
+epoch the linear path is fitted as a logistic regression on the training
+cases (:func:`_warm_start_linear`), on size/texture values measured once on
+the crops before augmentation (:func:`_summaries`). Seeds make a run
 reproducible on the same device.
 """
 
@@ -136,6 +139,90 @@ def _augmenter(seed: int) -> Callable[[np.ndarray], np.ndarray]:
     return apply
 
 
+def _summaries(train: CaseTable, config: Any, device: Any) -> Any:
+    """The size/texture values of every training crop as acquired: [N, n_summary_tokens].
+
+    Measured once, before augmentation: the affine augmentation resamples the
+    crop, which smooths the texture the values measure (a systematic shift,
+    not the variation between scanners), and at inference the crop is never
+    augmented.
+    """
+    import torch
+
+    from ai_core.model.blocks import summary_values
+
+    out = []
+    with torch.no_grad():
+        for b in range(0, len(train), 16):
+            image = torch.as_tensor(train.crops[b : b + 16], dtype=torch.float32, device=device)
+            out.append(summary_values(image, config))
+    return torch.cat(out)
+
+
+#: L2 penalty of the linear path's warm start (per weight, on the mean log-loss).
+WARM_START_L2 = 1e-3
+
+
+def _warm_start_linear(
+    model: Any, train: CaseTable, summary: Any, pos_weight: float, device: Any
+) -> None:
+    """Fit the linear path and the heads' biases as a logistic regression first.
+
+    The Transformer then starts from the logistic regression on the size and
+    texture values and the characteristics (each head's bias its intercept)
+    and learns what it adds; from zero, the linear path needed more epochs
+    than early stopping on a small validation split allows (measured: its
+    weights stayed at a third of the regression's). L-BFGS on the same loss
+    (class-weighted, the cascade's head weights), a small L2 penalty; no-op
+    without ``linear_skip``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if model.linear is None:
+        return
+    chars = torch.as_tensor(train.characteristics, device=device)
+    known = torch.as_tensor(train.characteristics_known, device=device)
+    y = torch.as_tensor(train.labels, dtype=torch.float32, device=device)
+    on = torch.ones(len(train.labels), 3, device=device)
+    linear = model.linear
+    with torch.no_grad():  # centre the MRI values: an absent MRI then reads as an average one
+        linear.image_centre.zero_()
+        linear.image_centre.copy_(model.linear_input(summary).mean(dim=0))
+    biases = [head[1].bias for head in model.heads]
+    weights = list(linear.parameters())
+    params = weights + biases
+    head_weights = model.config.loss_weights
+    pw = torch.tensor(pos_weight, device=device)
+    lbfgs = torch.optim.LBFGS(params, lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> Any:
+        lbfgs.zero_grad()
+        terms = model.linear_terms(summary, chars, known, on)
+        loss = sum(
+            w * F.binary_cross_entropy_with_logits(b + t, y, pos_weight=pw)
+            for w, b, t in zip(head_weights, biases, terms, strict=True)
+        )
+        loss = loss + WARM_START_L2 * sum((p**2).sum() for p in weights)
+        loss.backward()
+        return loss
+
+    lbfgs.step(closure)
+    for p in params:
+        p.grad = None
+    with torch.no_grad():  # an unknown characteristic reads as the average known one
+        v = torch.where(known, chars, torch.zeros_like(chars))
+        term = v * linear.char_weight + linear.char_known_bias
+        n = known.sum(dim=0).clamp(min=1)
+        mean = torch.where(known, term, torch.zeros_like(term)).sum(dim=0) / n
+        linear.char_unknown_bias.copy_(torch.where(known.any(dim=0), mean, torch.zeros_like(mean)))
+    log.info(
+        "linear path warm start: MRI weights %s, characteristic weights %s",
+        [round(float(v), 2) for v in linear.image_weight.detach()],
+        [round(float(v), 2) for v in linear.char_weight.detach()],
+    )
+
+
 #: The linear path (blocks.LinearEvidence) learns this many times faster than the rest:
 #: it is a logistic regression of a few weights whose values are log-odds of order 1, which
 #: Adam at the Transformer's rate (~lr per step) would need thousands of steps to reach.
@@ -175,6 +262,10 @@ def train_run(
     rng = np.random.default_rng(settings.seed)
     device = torch.device(settings.device)
     model = CascadedMixingTransformer(config).to(device)
+    n_pos = int(train.labels.sum())
+    pos_weight = (len(train) - n_pos) / max(n_pos, 1)
+    summary = _summaries(train, config, device)
+    _warm_start_linear(model, train, summary, pos_weight, device)
     ema = None
     if settings.ema_decay > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -186,8 +277,6 @@ def train_run(
     optimiser = torch.optim.AdamW(
         _parameter_groups(model, settings.learning_rate), weight_decay=settings.weight_decay
     )
-    n_pos = int(train.labels.sum())
-    pos_weight = (len(train) - n_pos) / max(n_pos, 1)
     rad_z, rad_known = standardised_radiomics(train, standardiser)
     val_z, val_known = standardised_radiomics(val, standardiser)
     augment = _augmenter(settings.seed) if settings.augment else None
@@ -214,6 +303,7 @@ def train_run(
                 if augment is not None:
                     crops = np.stack([augment(train.crops[i].astype(np.float32)) for i in idx])
                 batch = batch_tensors(train, idx, rad_z, rad_known, crops=crops, device=device)
+                batch["summary"] = summary[torch.as_tensor(idx, device=device)]
                 target = torch.as_tensor(train.labels[idx], dtype=torch.float32, device=device)
                 out = model(**batch)
                 loss, _ = cascade_loss(out, target, config.loss_weights, pos_weight=pos_weight)
@@ -246,6 +336,15 @@ def train_run(
             if bar is not None:
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{val_auc:.3f}")
                 bar.update(1)
+            else:  # no bar (a log file, a service): one line per epoch instead
+                log.info(
+                    "epoch %d/%d: train loss %.3f, validation loss %.3f, AUC %.3f",
+                    epoch,
+                    settings.epochs,
+                    row["train_loss"],
+                    val_loss,
+                    val_auc,
+                )
             if epoch >= settings.min_epochs and epoch - best_epoch >= settings.patience:
                 log.info("early stop at epoch %d (best %d, AUC %.3f)", epoch, best_epoch, best[0])
                 break
