@@ -701,3 +701,16 @@ def test_warm_start_fits_the_linear_path_as_a_logistic_regression() -> None:
         terms = model.linear_terms(summary, chars, known, torch.ones(n, 3))
         head1 = model.heads[1][1].bias + terms[1]
     assert roc_auc(y.numpy(), head1.numpy()) > 0.95 * roc_auc(y.numpy(), logit.numpy())
+
+
+def test_a_linear_path_saved_without_its_centre_loads_with_zero() -> None:
+    """Bundles written before LinearEvidence.image_centre existed (it was 0 then) still load."""
+    model = CascadedMixingTransformer(TINY)
+    state = {k: v for k, v in model.state_dict().items() if k != "linear.image_centre"}
+    again = CascadedMixingTransformer(TINY)
+    assert again.linear is not None
+    again.linear.image_centre.fill_(5.0)
+    again.load_state_dict(state)  # strict: nothing else may be missing
+    assert torch.equal(again.linear.image_centre, torch.zeros(TINY.n_summary_tokens))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        again.load_state_dict({k: v for k, v in state.items() if k != "linear.image_weight"})

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -264,6 +265,11 @@ class LinearEvidence(nn.Module):
         self.char_weight = nn.Parameter(torch.zeros(n_characteristics))
         self.char_known_bias = nn.Parameter(torch.zeros(n_characteristics))
         self.char_unknown_bias = nn.Parameter(torch.zeros(n_characteristics))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Bundles written before the centre existed: it was 0 then.
+        state_dict.setdefault(prefix + "image_centre", torch.zeros_like(self.image_centre))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, image: Tensor | None, values: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
         """-> (MRI term [B], characteristics term [B]); ``image`` [B, n_image] or None."""
