@@ -109,8 +109,7 @@ def texture_values(t1c: Tensor, mask: Tensor) -> Tensor:
     partial-volume rim does not count; the whole mask if fewer than 27 voxels
     remain). 0: log of the coefficient of variation (std / mean); 1: log of
     the interquartile range over the median (moves less than the CV with a
-    necrotic core);
-    both + 3. 2: the share of interior voxels darker than half the median
+    necrotic core); both + 3. 2: the share of interior voxels darker than half the median
     (necrosis, cysts). Scale-free: a per-study intensity window changes none
     of them. The crop should not be clipped inside the tumour
     (``CropParams.max_value``).

@@ -99,9 +99,7 @@ class ModelConfig:
     )  # MRI, characteristics, radiomics
     loss_weights: tuple[float, float, float] = (0.5, 0.4, 0.1)
     size_tokens: bool = True  # three MRI tokens stating the tumour's size (blocks.size_values)
-    texture_tokens: bool = (
-        True  # three MRI tokens: enhancement heterogeneity (blocks.texture_values)
-    )
+    texture_tokens: bool = True  # three MRI tokens: heterogeneity (blocks.texture_values)
     linear_skip: bool = True  # a logistic path from those values + characteristics to the heads
 
     def __post_init__(self) -> None:

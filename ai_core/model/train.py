@@ -187,7 +187,6 @@ def _warm_start_linear(
     on = torch.ones(len(train.labels), 3, device=device)
     linear = model.linear
     with torch.no_grad():  # centre the MRI values: an absent MRI then reads as an average one
-        linear.image_centre.zero_()
         linear.image_centre.copy_(model.linear_input(summary).mean(dim=0))
     biases = [head[1].bias for head in model.heads]
     weights = list(linear.parameters())
