@@ -28,6 +28,14 @@ def _at_least_one(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    """An argparse type: a finite number of at least 0."""
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number of at least 0")
+    return value
+
+
 def _train_settings(args: argparse.Namespace) -> Any:
     from ai_core.model.predict import resolve_device
     from ai_core.model.train import TrainSettings
@@ -41,12 +49,14 @@ def _train_settings(args: argparse.Namespace) -> Any:
         augment=not args.no_augment,
         device=resolve_device(args.device),
         ema_decay=args.ema_decay,
+        linear_lr_mult=args.linear_lr_mult,
+        residual_l2=args.residual_l2,
     )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=60, help="maximum epochs per run (60)")
-    p.add_argument("--patience", type=positive_int, default=12, help="early-stopping patience (12)")
+    p.add_argument("--patience", type=positive_int, default=30, help="early-stopping patience (30)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="batch size (16)")
     p.add_argument("--lr", type=float, default=3e-4, help="learning rate (3e-4)")
     p.add_argument(
@@ -55,6 +65,20 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=EMA_DECAY,
         help=f"moving average of the weights per step, the averaged model is kept; 0 = off "
         f"({EMA_DECAY})",
+    )
+    p.add_argument(
+        "--linear-lr-mult",
+        type=_non_negative,
+        default=0.0,
+        help="learning rate of the warm-started linear path as a multiple of --lr; "
+        "0 = frozen as fitted (0)",
+    )
+    p.add_argument(
+        "--residual-l2",
+        type=_non_negative,
+        default=0.5,
+        help="L2 penalty on the attention path's logits, which shrinks the Transformer's "
+        "correction to the linear path towards 0 (0.5)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")

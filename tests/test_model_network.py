@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -194,6 +195,11 @@ def test_train_settings_check_the_moving_average() -> None:
     for bad in (1.0, -0.1):
         with pytest.raises(ModelError, match=r"ema_decay must be in \[0, 1\)"):
             TrainSettings(ema_decay=bad)
+    assert TrainSettings().linear_lr_mult == 0.0 and TrainSettings().residual_l2 == 0.5
+    for name in ("linear_lr_mult", "residual_l2"):
+        for bad in (-1.0, float("inf"), float("nan")):
+            with pytest.raises(ModelError, match=f"{name} must be a finite number >= 0"):
+                TrainSettings(**{name: bad})
 
 
 # ---------------------------------------------------------------- shapes
@@ -631,18 +637,54 @@ def test_a_few_steps_reduce_the_loss_on_a_learnable_toy() -> None:
     assert losses[-1] < 0.6 * losses[0], losses
 
 
-def test_linear_path_learns_faster_and_every_weight_is_optimised_once() -> None:
-    from ai_core.model.train import LINEAR_LR_MULT, _parameter_groups
+def test_linear_path_learning_rate_multiple_and_every_weight_optimised_once() -> None:
+    from ai_core.model.train import _parameter_groups
 
     model = CascadedMixingTransformer(TINY)
-    groups = _parameter_groups(model, 1e-3)
-    assert [g["lr"] for g in groups] == [1e-3, 1e-3 * LINEAR_LR_MULT]
+    groups = _parameter_groups(model, 1e-3, 30.0)
+    assert [g["lr"] for g in groups] == [1e-3, 1e-3 * 30.0]
     assert model.linear is not None
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.linear.parameters()}
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
     plain = CascadedMixingTransformer(ModelConfig(**{**TINY.to_dict(), "linear_skip": False}))
-    assert len(_parameter_groups(plain, 1e-3)) == 1
+    assert len(_parameter_groups(plain, 1e-3, 30.0)) == 1
+
+
+def test_a_multiple_of_zero_freezes_the_linear_path() -> None:
+    from ai_core.model.train import _parameter_groups
+
+    model = CascadedMixingTransformer(TINY)
+    assert model.linear is not None
+    groups = _parameter_groups(model, 1e-3, 0.0)
+    assert len(groups) == 1
+    frozen = {id(p) for p in model.linear.parameters()}
+    assert not frozen & {id(p) for p in groups[0]["params"]}
+    assert not any(p.requires_grad for p in model.linear.parameters())
+    assert all(p.requires_grad for p in groups[0]["params"])
+
+
+def test_attention_logits_are_the_logits_without_the_linear_path() -> None:
+    torch.manual_seed(0)
+    model = CascadedMixingTransformer(TINY).eval()
+    _randomise_linear_path(model)
+    batch = make_batch(TINY, b=3)
+    with torch.no_grad():
+        out = model(**batch)
+        assert model.linear is not None
+        for head in model.heads:
+            head[1].weight.zero_()
+        zeroed = model(**batch)
+    assert out.linear is not None and out.linear.shape == (3, 3)
+    assert out.linear.abs().sum() > 0
+    torch.testing.assert_close(out.attention_logits, out.logits - out.linear)
+    # with the heads' weights zero the attention path adds only the heads' biases
+    biases = torch.cat([h[1].bias for h in model.heads]).detach()
+    torch.testing.assert_close(zeroed.attention_logits, biases.expand(3, 3))
+    plain = CascadedMixingTransformer(ModelConfig(**{**TINY.to_dict(), "linear_skip": False}))
+    with torch.no_grad():
+        p = plain.eval()(**batch)
+    assert torch.equal(p.linear, torch.zeros(3, 3))
 
 
 def test_a_measured_summary_replaces_the_one_read_off_the_image() -> None:
@@ -696,6 +738,9 @@ def test_warm_start_fits_the_linear_path_as_a_logistic_regression() -> None:
     v = chars[:, 1][known[:, 1]]
     expected = float((v * char_w[1] + lin.char_known_bias.detach()[1]).mean())
     assert float(lin.char_unknown_bias.detach()[1]) == pytest.approx(expected, abs=1e-4)
+    # the attention path starts as a no-op: the heads' weights are zero, their biases
+    # are the regression's intercepts
+    assert all(float(h[1].weight.detach().abs().max()) == 0.0 for h in model.heads)
     # the heads (bias + linear path) rank the cases as the true log-odds do
     with torch.no_grad():
         terms = model.linear_terms(summary, chars, known, torch.ones(n, 3))
@@ -714,3 +759,69 @@ def test_a_linear_path_saved_without_its_centre_loads_with_zero() -> None:
     assert torch.equal(again.linear.image_centre, torch.zeros(TINY.n_summary_tokens))
     with pytest.raises(RuntimeError, match="Missing key"):
         again.load_state_dict({k: v for k, v in state.items() if k != "linear.image_weight"})
+
+
+def _tiny_table(n: int, seed: int):  # type: ignore[no-untyped-def]
+    from ai_core.model.data import CaseTable
+
+    rng = np.random.default_rng(seed)
+    crops = np.zeros((n, 2, *TINY.crop_size), dtype=np.float16)
+    labels = (np.arange(n) % 3 == 0).astype(np.int64)
+    for i in range(n):  # high cases: larger, brighter tumours
+        r = 3 + 2 * labels[i] + int(rng.integers(0, 2))
+        crops[i, 1, 8 - r : 8 + r, 8 - r : 8 + r, 8 - r : 8 + r] = 1
+        crops[i, 0] = crops[i, 1] * (0.5 + 0.2 * labels[i]) + rng.normal(0, 0.05, TINY.crop_size)
+    names = tuple(f"f{k}" for k in range(TINY.n_radiomics))
+    return CaseTable(
+        [f"c{i}" for i in range(n)],
+        crops,
+        rng.normal(size=(n, 4)).astype(np.float32),
+        rng.random((n, 4)) > 0.3,
+        rng.normal(size=(n, TINY.n_radiomics)),
+        names,
+        labels,
+        ["dev"] * n,
+        np.ones(n),
+        np.full((n, 2), np.nan),
+        ("age", "sex_female"),
+        np.full(n, np.nan),
+        {},
+    )
+
+
+def test_training_keeps_the_frozen_linear_path_and_shrinks_the_attention_path() -> None:
+    """linear_lr_mult 0: the regression fitted before epoch 1 is the one kept; a larger
+    residual_l2 keeps the attention path's logits closer to 0."""
+    from ai_core.model.data import standardised_radiomics
+    from ai_core.model.train import TrainSettings, _summaries, _warm_start_linear, train_run
+    from ai_core.radiomics_features import RadiomicsStandardiser
+
+    train, val = _tiny_table(24, 1), _tiny_table(12, 2)
+    std = RadiomicsStandardiser.fit(
+        [dict(zip(train.radiomics_names, row, strict=True)) for row in train.radiomics],
+        train.radiomics_names,
+    )
+    sizes = {}
+    for l2 in (0.0, 50.0):
+        settings = TrainSettings(
+            epochs=4, min_epochs=4, batch_size=8, augment=False, residual_l2=l2
+        )
+        run = train_run(TINY, train, val, std, settings)
+        torch.manual_seed(settings.seed)  # the same initialisation train_run started from
+        ref = CascadedMixingTransformer(TINY)
+        n_pos = int(train.labels.sum())
+        _warm_start_linear(
+            ref, train, _summaries(train, TINY, "cpu"), (24 - n_pos) / n_pos, torch.device("cpu")
+        )
+        for key, value in ref.linear.state_dict().items():
+            torch.testing.assert_close(run.state_dict[f"linear.{key}"], value)
+        model = CascadedMixingTransformer(TINY).eval()
+        model.load_state_dict(run.state_dict)
+        from ai_core.model.data import batch_tensors
+
+        z, known = standardised_radiomics(val, std)
+        with torch.no_grad():
+            out = model(**batch_tensors(val, np.arange(len(val)), z, known))
+        centred = out.attention_logits - out.attention_logits.mean(dim=0)
+        sizes[l2] = float(centred.pow(2).mean())
+    assert sizes[50.0] < sizes[0.0], sizes

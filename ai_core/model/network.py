@@ -49,6 +49,12 @@ class CascadeOutput:
     logits: Tensor  # [B, 3]: head after block 1 (MRI), 2 (+characteristics), 3 (+radiomics)
     attention: tuple[Tensor, Tensor, Tensor]  # per block [B, n_heads, n_queries, n_tokens]
     present: Tensor  # [B, 3] bool: modalities actually used (after modality dropout)
+    linear: Tensor | None = None  # [B, 3]: the linear path's part of each logit (None: 0)
+
+    @property
+    def attention_logits(self) -> Tensor:
+        """The attention path's part of each logit: ``logits`` minus the linear path's."""
+        return self.logits if self.linear is None else self.logits - self.linear
 
     @property
     def output1(self) -> Tensor:
@@ -168,6 +174,7 @@ class CascadedMixingTransformer(nn.Module):
             logits=torch.stack(logits, dim=1),
             attention=(weights[0], weights[1], weights[2]),
             present=used,
+            linear=torch.stack(skip, dim=1),
         )
 
     def linear_input(self, summary: Tensor) -> Tensor:
