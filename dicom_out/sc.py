@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 SERIES_DESCRIPTION = "Grad-CAM heatmap (research use only)"
 DERIVATION_DESCRIPTION = (
     "Axial reformat of the contrast-enhanced T1 series with the ki67node Grad-CAM map "
-    "(model attention), the tumour outline and the prediction burned in. " + DISCLAIMER
+    "(MRI evidence for the class reported), the tumour outline and the prediction burned in. "
+    + DISCLAIMER
 )
 # PS3.16 DCM 121322: the reference is to an image this one was computed from.
 PURPOSE_SOURCE_FOR_PROCESSING = ("121322", "DCM", "Source image for image processing operation")
@@ -93,6 +94,7 @@ def legend_lines(prediction: Prediction) -> tuple[str, ...]:
         f"Output 2 ({radiomics}): probability {prediction.probability_output2:.2f}; "
         f"growth-risk group: {prediction.risk_group}",
         f"Inputs: {', '.join(used) if used else 'none'}",
+        f"Map: MRI evidence for {verdict} (Grad-CAM + tumour size/texture)",
         *model,
     )
 

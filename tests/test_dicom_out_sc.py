@@ -335,6 +335,7 @@ def test_legend_lines_name_the_prediction_and_the_model(axial: Built) -> None:
         f"{verdict} (threshold {prediction.threshold:.2f})"
     )
     text = "\n".join(lines)
+    assert f"Map: MRI evidence for {verdict} (Grad-CAM + tumour size/texture)" in lines
     assert f"probability {prediction.probability_output2:.2f}" in text
     assert f"{prediction.model_name} {prediction.model_version}" in text
     assert ("trained on synthetic data" in text) == prediction.synthetic_model

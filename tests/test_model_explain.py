@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 import torch
 
 from ai_core.errors import ModelError
+from ai_core.model.blocks import summary_values
 from ai_core.model.config import ModelConfig
-from ai_core.model.explain import grad_cam, mri_attention_map, upsample_to_crop
+from ai_core.model.explain import evidence_map, grad_cam, mri_attention_map, upsample_to_crop
 from ai_core.model.network import CascadedMixingTransformer, cascade_loss
 
 S = 24
@@ -193,6 +195,91 @@ def test_grad_cam_rejects_bad_arguments(head: int, drop: str | None, match: str)
         del batch[drop]
     with pytest.raises(ModelError, match=match):
         grad_cam(model, batch, head=head)
+
+
+def test_grad_cam_towards_low_turns_the_evidence_around(
+    trained: CascadedMixingTransformer, positives: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """The bright blob is evidence for high: the map of the evidence for low is cold there."""
+    image, centres = positives
+    n = len(centres)
+    high = grad_cam(trained, mri_only(image), towards_high=torch.ones(n, dtype=torch.bool))
+    low = grad_cam(trained, mri_only(image), towards_high=torch.zeros(n, dtype=torch.bool))
+    torch.testing.assert_close(high, grad_cam(trained, mri_only(image)))
+    for h, lo, c in zip(high, low, centres, strict=True):
+        at = tuple(c.tolist())
+        assert float(h[at]) > 0.5
+        assert float(lo[at]) < 0.1
+
+
+def test_grad_cam_rejects_a_wrong_class_vector(trained: CascadedMixingTransformer) -> None:
+    with pytest.raises(ModelError, match=r"towards_high must have shape \[B=2\]"):
+        grad_cam(trained, mri_only(torch.rand(2, 2, S, S, S)), towards_high=torch.ones(3))
+
+
+# ------------------------------------------------------- evidence map (Grad-CAM + size/texture)
+
+SIZE_CFG = dataclasses.replace(CFG, size_tokens=True, texture_tokens=True)  # + linear path
+
+
+def sphere_crop(centre: tuple[int, int, int], radius: float) -> torch.Tensor:
+    """[1, 2, S, S, S]: uniform background with a brighter sphere, and its mask."""
+    d2 = ((GRID - torch.tensor(centre, dtype=torch.float32).view(3, 1, 1, 1)) ** 2).sum(0)
+    mask = (d2 <= radius**2).float()
+    return torch.stack([0.4 + 0.4 * mask, mask])[None]
+
+
+@pytest.fixture(scope="module")
+def size_model() -> CascadedMixingTransformer:
+    """Attention heads silenced, the linear path reading only the tumour's size (value 0)."""
+    torch.manual_seed(3)
+    model = CascadedMixingTransformer(SIZE_CFG).eval()
+    assert model.linear is not None
+    with torch.no_grad():
+        for head in model.heads:
+            head[1].weight.zero_()
+        model.linear.image_weight.zero_()
+        model.linear.image_weight[0] = 1.0
+        medium = summary_values(sphere_crop((12, 12, 12), 4.0), SIZE_CFG)
+        model.linear.image_centre.copy_(model.linear_input(medium)[0])
+    return model
+
+
+def test_evidence_of_the_size_lies_evenly_on_the_tumour(
+    size_model: CascadedMixingTransformer,
+) -> None:
+    """A large tumour (size above the training mean) is evidence for high: hot on the mask
+    and nowhere else; for a small one, the same holds for the evidence for low."""
+    big = sphere_crop((15, 8, 10), 6.0)
+    small = sphere_crop((7, 16, 15), 2.5)
+    image = torch.cat([big, small])
+    batch = mri_only(image)
+    with torch.no_grad():
+        linear = size_model(**batch).logits[:, 1]
+    assert linear[0] > 0 > linear[1]
+    high = evidence_map(size_model, batch, towards_high=torch.tensor([True, True]))
+    low = evidence_map(size_model, batch, towards_high=torch.tensor([False, False]))
+    mask = image[:, 1]
+    torch.testing.assert_close(high[0], mask[0])
+    torch.testing.assert_close(low[1], mask[1])
+    assert torch.equal(high[1], torch.zeros(S, S, S))  # a small tumour says nothing for high
+    assert torch.equal(low[0], torch.zeros(S, S, S))
+    # the CNN carries nothing here: Grad-CAM alone is empty
+    assert torch.equal(grad_cam(size_model, batch), torch.zeros(2, S, S, S))
+
+
+def test_evidence_map_adds_the_size_share_to_grad_cam(
+    trained: CascadedMixingTransformer, positives: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """Without a linear path the evidence map is Grad-CAM; a model without MRI gets zeros."""
+    assert trained.linear is None or trained.config.n_summary_tokens == 0
+    image, _ = positives
+    torch.testing.assert_close(
+        evidence_map(trained, mri_only(image)), grad_cam(trained, mri_only(image))
+    )
+    batch = mri_only(torch.full((2, 2, S, S, S), float("nan")))
+    batch["present"][:, 0] = False
+    assert torch.equal(evidence_map(trained, batch), torch.zeros(2, S, S, S))
 
 
 # ---------------------------------------------------------------- attention maps

@@ -2,7 +2,9 @@
 
 One :class:`Predictor` per worker process holds the bundle's network on its
 device; :meth:`Predictor.predict` returns both outputs, the class at the
-bundle's threshold, which inputs were used, Grad-CAM and the MRI
+bundle's threshold, which inputs were used, Grad-CAM of the MRI branch
+(with the share of the tumour's size and texture values, for the class
+reported: :func:`~ai_core.model.explain.evidence_map`) and the MRI
 cross-attention mapped back onto the source series (for the heatmap
 Secondary Captures), the attention given to each characteristic and the
 most-attended radiomics features, and the model's name and version.
@@ -48,7 +50,9 @@ class Prediction:
     inputs_used: dict[str, bool]  # mri, characteristics, radiomics
     characteristics: dict[str, float | bool]  # the known ones that were used
     crop: CropGeometry
-    gradcam_source: np.ndarray | None  # float32 [z, y, x] in [0, 1] on the source series grid
+    # Grad-CAM of the MRI branch with the tumour's size/texture evidence (explain.evidence_map)
+    # for the class reported (ki67_high), float32 [z, y, x] in [0, 1] on the source series grid
+    gradcam_source: np.ndarray | None
     attention_source: np.ndarray | None  # MRI cross-attention, same grid
     characteristic_attention: dict[str, float]  # attention of the query per characteristic
     radiomics_attention: list[tuple[str, float]]  # the ten most-attended features
@@ -174,9 +178,11 @@ class Predictor:
         gradcam = attention = None
         if explain:
             start = time.perf_counter()
-            from ai_core.model.explain import grad_cam, mri_attention_map
+            from ai_core.model.explain import evidence_map, mri_attention_map
 
-            cam = grad_cam(self.model, batch, head=1)[0].detach().cpu().numpy()
+            # The evidence for the class reported: for a "low" call, where the MRI says low.
+            towards = torch.tensor([p1 >= self.bundle.threshold], device=dev)
+            cam = evidence_map(self.model, batch, head=1, towards_high=towards)[0].cpu().numpy()
             gradcam = crop_to_grid(cam, geometry, analysis.working.source)
             amap = mri_attention_map(out.attention[0], self.bundle.config)[0].cpu().numpy()
             attention = crop_to_grid(amap, geometry, analysis.working.source)
