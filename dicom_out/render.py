@@ -32,7 +32,7 @@ from ai_core.volume import Volume
 log = logging.getLogger(__name__)
 
 BANNER_TEXT = "RESEARCH USE ONLY - NOT FOR DIAGNOSTIC USE"
-COLOURBAR_TITLE = "Grad-CAM: MRI evidence for the class reported, low -> high"
+COLOURBAR_TITLE = "Grad-CAM: MRI evidence for the class named below, low -> high"
 OUTLINE_RGB = (0, 255, 255)  # cyan: no heat colour (dark red .. yellow) has blue in it
 HALO_RGB = (0, 0, 0)
 BOX_RGB = (190, 140, 255)  # violet, dashed: where the map was computed

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 SERIES_DESCRIPTION = "Grad-CAM heatmap (research use only)"
 DERIVATION_DESCRIPTION = (
     "Axial reformat of the contrast-enhanced T1 series with the ki67node Grad-CAM map "
-    "(MRI evidence for the class reported), the tumour outline and the prediction burned in. "
+    "(where the MRI's evidence lies, for the class named in the legend), the tumour outline and the prediction burned in. "
     + DISCLAIMER
 )
 # PS3.16 DCM 121322: the reference is to an image this one was computed from.
@@ -86,6 +86,10 @@ def legend_lines(prediction: Prediction) -> tuple[str, ...]:
     used = [INPUT_NAMES.get(name, name) for name, flag in prediction.inputs_used.items() if flag]
     radiomics = "with radiomics" if prediction.inputs_used.get("radiomics") else "no radiomics"
     model: tuple[str, ...] = (f"Model: {prediction.model_name} {prediction.model_version}",)
+    map_line: tuple[str, ...] = ()
+    if prediction.map_towards_high is not None:
+        shown = "Ki-67 >= 5 %" if prediction.map_towards_high else "Ki-67 < 5 %"
+        map_line = (f"Map: MRI evidence for {shown} (Grad-CAM + tumour size/texture)",)
     if prediction.synthetic_model:
         model = (f"{model[0]},", "trained on synthetic data")
     return (
@@ -94,7 +98,7 @@ def legend_lines(prediction: Prediction) -> tuple[str, ...]:
         f"Output 2 ({radiomics}): probability {prediction.probability_output2:.2f}; "
         f"growth-risk group: {prediction.risk_group}",
         f"Inputs: {', '.join(used) if used else 'none'}",
-        f"Map: MRI evidence for {verdict} (Grad-CAM + tumour size/texture)",
+        *map_line,
         *model,
     )
 

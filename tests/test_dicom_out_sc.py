@@ -335,7 +335,15 @@ def test_legend_lines_name_the_prediction_and_the_model(axial: Built) -> None:
         f"{verdict} (threshold {prediction.threshold:.2f})"
     )
     text = "\n".join(lines)
-    assert f"Map: MRI evidence for {verdict} (Grad-CAM + tumour size/texture)" in lines
+    assert prediction.map_towards_high is not None
+    shown = "Ki-67 >= 5 %" if prediction.map_towards_high else "Ki-67 < 5 %"
+    assert f"Map: MRI evidence for {shown} (Grad-CAM + tumour size/texture)" in lines
+    flipped = legend_lines(
+        dataclasses.replace(prediction, map_towards_high=not prediction.map_towards_high)
+    )
+    assert shown not in [line.removeprefix("Map: MRI evidence for ")[:12] for line in flipped]
+    no_map = legend_lines(dataclasses.replace(prediction, map_towards_high=None))
+    assert not any(line.startswith("Map:") for line in no_map)
     assert f"probability {prediction.probability_output2:.2f}" in text
     assert f"{prediction.model_name} {prediction.model_version}" in text
     assert ("trained on synthetic data" in text) == prediction.synthetic_model

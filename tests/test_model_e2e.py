@@ -191,3 +191,6 @@ def test_predictor_on_a_real_analysis(trained: dict[str, Path]) -> None:
     bare = predictor.predict(analysis, None, explain=False, use_radiomics=False)
     assert bare.inputs_used == {"mri": True, "characteristics": False, "radiomics": False}
     assert bare.gradcam_source is None
+    assert bare.map_towards_high is None and bare.summary()["map_class"] is None
+    assert isinstance(first.map_towards_high, bool)
+    assert summary["map_class"] == ("Ki-67 >= 5 %" if first.map_towards_high else "Ki-67 < 5 %")

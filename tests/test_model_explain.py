@@ -11,7 +11,13 @@ import torch
 from ai_core.errors import ModelError
 from ai_core.model.blocks import summary_values
 from ai_core.model.config import ModelConfig
-from ai_core.model.explain import evidence_map, grad_cam, mri_attention_map, upsample_to_crop
+from ai_core.model.explain import (
+    evidence_map,
+    grad_cam,
+    mri_attention_map,
+    size_texture_share,
+    upsample_to_crop,
+)
 from ai_core.model.network import CascadedMixingTransformer, cascade_loss
 
 S = 24
@@ -266,6 +272,27 @@ def test_evidence_of_the_size_lies_evenly_on_the_tumour(
     assert torch.equal(low[0], torch.zeros(S, S, S))
     # the CNN carries nothing here: Grad-CAM alone is empty
     assert torch.equal(grad_cam(size_model, batch), torch.zeros(2, S, S, S))
+
+
+def test_size_texture_share_is_the_linear_size_term(
+    size_model: CascadedMixingTransformer,
+) -> None:
+    """Heads silenced: the share is exactly the linear path's MRI term, with its sign; zero without MRI; None for a model without a linear path."""
+    image = torch.cat([sphere_crop((15, 8, 10), 6.0), sphere_crop((7, 16, 15), 2.5)])
+    batch = mri_only(image)
+    share = size_texture_share(size_model, batch)
+    assert share is not None
+    with torch.no_grad():
+        linear = size_model(**batch).linear
+    assert linear is not None
+    torch.testing.assert_close(share, linear[:, 1])
+    assert share[0] > 0 > share[1]
+    assert all(p.grad is None for p in size_model.parameters())
+    assert not size_model.training
+    batch["present"][1, 0] = False
+    assert float(size_texture_share(size_model, batch)[1]) == 0.0  # type: ignore[index]
+    no_linear = CascadedMixingTransformer(dataclasses.replace(SIZE_CFG, linear_skip=False))
+    assert size_texture_share(no_linear.eval(), mri_only(image)) is None
 
 
 def test_evidence_map_adds_the_size_share_to_grad_cam(

@@ -157,6 +157,47 @@ def _signs(batch: Mapping[str, Tensor], towards_high: Tensor | None) -> Tensor:
     return torch.where(towards_high.bool(), 1.0, -1.0).to(batch["image"].device)
 
 
+def _share(model: CascadedMixingTransformer, summary: Tensor, grad: Tensor) -> Tensor:
+    """``grad . (values - training mean)`` [B]: the size/texture values' share of a logit
+    (0 without a linear path, which holds the training mean)."""
+    if model.linear is None:
+        return summary.new_zeros(summary.shape[0])
+    # The linear path reads linear_input(values) - image_centre: its centre on the values' scale.
+    scale = model.linear_input(torch.ones_like(summary[:1]))
+    centre = model.linear.image_centre.to(summary.dtype) / scale
+    return (grad * (summary - centre)).sum(dim=1)
+
+
+def size_texture_share(
+    model: CascadedMixingTransformer, batch: Mapping[str, Tensor], head: int = 1
+) -> Tensor | None:
+    """The share of one head's logit that the tumour's size and texture values carry: [B]
+    (logit units, first order around the training-mean tumour; > 0 = towards Ki-67 high).
+
+    The same share :func:`evidence_map` spreads over the tumour, so a map for the class
+    this points to has the tumour hot. None without a linear path (no training mean).
+    Eval mode for the pass, the mode restored; parameter gradients untouched.
+    """
+    _check_explain_args(model, batch, head)
+    if model.linear is None or model.config.n_summary_tokens == 0:
+        return None
+    image = batch["image"].detach()
+    others = {k: batch[k].detach() for k in FORWARD_KEYS if k != "image"}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            summary = summary_values(image, model.config)
+            summary = torch.where(others["present"][:, :1], summary, torch.zeros_like(summary))
+            summary = summary.clone().requires_grad_(True)
+            logit = model(image=image, summary=summary, **others).logits[:, head]
+            (grad,) = torch.autograd.grad(logit.sum(), summary)
+    finally:
+        model.train(was_training)
+    share = _share(model, summary.detach(), grad)
+    return share * others["present"][:, 0].to(share.dtype)
+
+
 def grad_cam(
     model: CascadedMixingTransformer,
     batch: Mapping[str, Tensor],
@@ -207,10 +248,7 @@ def evidence_map(
     config = model.config
     per_voxel = upsample_to_crop(cells, config)[:, 0] / float(2**config.n_down) ** 3
     if model.linear is not None and summary.shape[1]:
-        # The linear path reads linear_input(values) - image_centre: its centre on the values' scale.
-        scale = model.linear_input(torch.ones_like(summary[:1]))
-        centre = model.linear.image_centre.to(summary.dtype) / scale
-        share = (grad * (summary - centre)).sum(dim=1)  # [B] logit units
+        share = _share(model, summary, grad)
         mask = (batch["image"][:, MASK_CHANNEL] > 0.5).to(per_voxel.dtype)
         voxels = mask.flatten(1).sum(dim=1).clamp(min=1.0)
         present = batch["present"][:, 0].to(per_voxel.dtype)

@@ -4,7 +4,7 @@ One :class:`Predictor` per worker process holds the bundle's network on its
 device; :meth:`Predictor.predict` returns both outputs, the class at the
 bundle's threshold, which inputs were used, Grad-CAM of the MRI branch
 (with the share of the tumour's size and texture values, for the class
-reported: :func:`~ai_core.model.explain.evidence_map`) and the MRI
+the MRI's evidence points to: :func:`~ai_core.model.explain.evidence_map`) and the MRI
 cross-attention mapped back onto the source series (for the heatmap
 Secondary Captures), the attention given to each characteristic and the
 most-attended radiomics features, and the model's name and version.
@@ -51,7 +51,7 @@ class Prediction:
     characteristics: dict[str, float | bool]  # the known ones that were used
     crop: CropGeometry
     # Grad-CAM of the MRI branch with the tumour's size/texture evidence (explain.evidence_map)
-    # for the class reported (ki67_high), float32 [z, y, x] in [0, 1] on the source series grid
+    # for the class map_towards_high, float32 [z, y, x] in [0, 1] on the source series grid
     gradcam_source: np.ndarray | None
     attention_source: np.ndarray | None  # MRI cross-attention, same grid
     characteristic_attention: dict[str, float]  # attention of the query per characteristic
@@ -62,6 +62,8 @@ class Prediction:
     device: str
     timings_s: dict[str, float] = field(default_factory=dict)
     disclaimer: str = DISCLAIMER
+    # The class gradcam_source shows the MRI's evidence for (True: Ki-67 high); None: no map
+    map_towards_high: bool | None = None
 
     @property
     def risk_group(self) -> str:
@@ -77,6 +79,9 @@ class Prediction:
             "class": "Ki-67 >= 5 %" if self.ki67_high else "Ki-67 < 5 %",
             "threshold": round(self.threshold, 4),
             "risk_group": self.risk_group,
+            "map_class": None  # the class the heatmap shows the MRI's evidence for
+            if self.map_towards_high is None
+            else ("Ki-67 >= 5 %" if self.map_towards_high else "Ki-67 < 5 %"),
             "inputs_used": dict(self.inputs_used),
             "characteristics": dict(self.characteristics),
             "characteristic_attention": {
@@ -176,12 +181,13 @@ class Predictor:
         names = self.bundle.standardiser.names
         top = np.argsort(-rad_attn)[:10] if present[2] else np.array([], dtype=int)
         gradcam = attention = None
+        map_high: bool | None = None
         if explain:
             start = time.perf_counter()
             from ai_core.model.explain import evidence_map, mri_attention_map
 
-            # The evidence for the class reported: for a "low" call, where the MRI says low.
-            towards = torch.tensor([p1 >= self.bundle.threshold], device=dev)
+            map_high = self._map_class(batch, p1 >= self.bundle.threshold)
+            towards = torch.tensor([map_high], device=dev)
             cam = evidence_map(self.model, batch, head=1, towards_high=towards)[0].cpu().numpy()
             gradcam = crop_to_grid(cam, geometry, analysis.working.source)
             amap = mri_attention_map(out.attention[0], self.bundle.config)[0].cpu().numpy()
@@ -206,4 +212,24 @@ class Predictor:
             synthetic_model=self.bundle.synthetic,
             device=self.device,
             timings_s=timings,
+            map_towards_high=map_high,
         )
+
+    def _map_class(self, batch: dict[str, Any], reported_high: bool) -> bool:
+        """The class the heatmap shows the MRI's evidence for (True: Ki-67 high).
+
+        Where the tumour's size/texture values point (their first-order share of
+        Output 1 relative to the training-mean tumour, most of what the MRI adds
+        to it; :func:`~ai_core.model.explain.size_texture_share`); the class
+        reported when that share is 0 or the model has no linear path. A
+        borderline call can go the other way (a tumour larger than average,
+        below the threshold all the same): the map then says so rather than
+        showing the little evidence there is for the call.
+        """
+        from ai_core.model.explain import size_texture_share
+
+        share = size_texture_share(self.model, batch, head=1)
+        if share is None:
+            return reported_high
+        value = float(share[0])
+        return reported_high if value == 0.0 or not math.isfinite(value) else value > 0.0
