@@ -9,6 +9,7 @@ temp file as its fragments arrive, so memory stays bounded by one PDU.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import struct
 import time
@@ -154,6 +155,18 @@ class AcceptorAssociation:
         self._message: _Message | None = None
         self.stored = 0
         self.stopping = False
+        self._stop_grace = False  # the one message let in after the stop began
+
+    def _peer_began_message(self) -> bool:
+        """Bytes of the peer's next message already wait on the socket (sent before we looked)."""
+        pending = getattr(self.sock, "pending", None)  # TLS: bytes decrypted already
+        if callable(pending) and pending() > 0:
+            return True
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return bool(readable)
 
     # -- socket I/O with deadlines -------------------------------------------
     def _recv_exact(self, size: int, deadline: float, *, idle: bool = False) -> memoryview:
@@ -167,7 +180,10 @@ class AcceptorAssociation:
         got = 0
         while got < size:
             if idle and got == 0 and self.stopping and self._message is None:
-                raise NodeStopping()
+                if self._stop_grace or not self._peer_began_message():
+                    raise NodeStopping()
+                # The peer's next message reached us as the stop began: finish that one.
+                self._stop_grace = True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PeerGone("read deadline passed")
