@@ -1,4 +1,4 @@
-# ki67node: `make run` starts the daemon, `make test` runs the whole suite.
+# ki67node: `make run` starts the daemon, `make test` runs the whole suite, `make check` the fast lane.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -6,7 +6,7 @@ CONFIG ?= config/ki67node.toml
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints-cpu.txt
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck venv dev clean
+.PHONY: run test check lint typecheck venv dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,14 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --scripts-are-modules bench/model
 	$(BIN)/mypy --scripts-are-modules bench/e2e
 	$(BIN)/mypy --scripts-are-modules bench/model_device
+	$(BIN)/mypy --scripts-are-modules bench/segmentation
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+# The fast lane: lint, types and the tests not marked slow (CI runs `make test`, all of them).
+check: lint typecheck
+	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

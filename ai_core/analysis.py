@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +66,7 @@ class ImageAnalysis:
                 "backend": self.segmentation.backend,
                 "version": self.segmentation.version,
                 "status": self.segmentation.status,
+                "candidates": [dict(c) for c in self.segmentation.candidates],
             },
             "measurements": None
             if m is None
@@ -93,12 +94,15 @@ def analyse_series(
     options: AnalysisOptions | None = None,
     received_seg: Dataset | Path | None = None,
     reference_mask: Path | None = None,
+    working: Preprocessed | None = None,
 ) -> ImageAnalysis:
     """Run the image pipeline on one series (file paths or a loaded volume).
 
     ``received_seg`` (a radiologist's DICOM SEG for this series) or
     ``reference_mask`` (a mask image in patient space, e.g. the NIfTI of a
-    training manifest) replaces the automatic segmentation.
+    training manifest) replaces the automatic segmentation. ``working`` is the
+    series' preprocessed image when the caller already has it (benchmarks
+    comparing backends preprocess once).
     """
     options = options or AnalysisOptions()
     timings: dict[str, float] = {}
@@ -107,7 +111,8 @@ def analyse_series(
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    working = preprocess(volume, options.preprocess)
+    if working is None:
+        working = preprocess(volume, options.preprocess)
     timings["preprocess"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -130,15 +135,8 @@ def analyse_series(
         )
 
     start = time.perf_counter()
-    grid = working.grid
-    measurements = measure(
-        segmentation.mask_zyx,
-        grid.spacing,
-        grid.direction,
-        grid.origin,
-        head_mask=working.head_mask,
-    )
     mask_source = working.mask_to_source(segmentation.mask_zyx, interpolation="linear")
+    measurements = _measure(segmentation.mask_zyx, mask_source, working)
     timings["measure"] = time.perf_counter() - start
 
     radiomics = None
@@ -147,7 +145,7 @@ def analyse_series(
         radiomics = extract_radiomics(
             working.image,
             segmentation.mask_zyx,
-            grid.spacing,
+            working.grid.spacing,
             params_path=options.radiomics_params,
         )
         timings["radiomics"] = time.perf_counter() - start
@@ -170,6 +168,25 @@ def analyse_series(
         radiomics,
         timings,
     )
+
+
+def _measure(
+    mask_working: np.ndarray, mask_source: np.ndarray, working: Preprocessed
+) -> Measurements:
+    """Volume, diameter and centroid of the mask the SEG carries (the source slices).
+
+    The SR must give the number a radiologist gets when measuring the delivered
+    SEG in the viewer, so size comes from the mask on the source grid; location
+    and side need the head mask and come from the working grid.
+    """
+    grid, source = working.grid, working.source
+    on_working = measure(
+        mask_working, grid.spacing, grid.direction, grid.origin, head_mask=working.head_mask
+    )
+    if not np.any(mask_source):  # a lesion thinner than the source slices: keep the working one
+        return on_working
+    on_source = measure(mask_source, source.spacing, source.direction, source.origin)
+    return replace(on_source, location=on_working.location, side=on_working.side)
 
 
 def _segment(

@@ -85,6 +85,10 @@ def test_full_pipeline_measures_the_true_tumour(case) -> None:
     overlap = np.logical_and(analysis.mask_source, source_truth).sum()
     assert 2 * overlap / (analysis.mask_source.sum() + source_truth.sum()) > 0.9
     assert analysis.radiomics is not None and len(analysis.radiomics.names) == 1218
+    # the SR's volume is the delivered SEG's volume (what a viewer measures on it)
+    source_ml = float(analysis.mask_source.sum()) * float(np.prod(analysis.volume.spacing)) / 1000
+    assert m.volume_cm3 == pytest.approx(source_ml, rel=1e-9)
+    assert m.voxels == int(analysis.mask_source.sum())
     summary = analysis.summary()
     assert summary["status"] == "ok" and summary["radiomics"]["features"] > 1000
     assert set(summary["timings"]) >= {"load", "preprocess", "segmentation", "measure", "radiomics"}

@@ -130,7 +130,7 @@ def test_postprocess_keeps_the_largest_lesion_and_drops_speckle() -> None:
 
 @pytest.mark.parametrize(
     ("radius", "expected"),
-    [(0.0, "no lesion found"), (1.5, "speckle"), (2.6, "below the minimum")],
+    [(0.0, "no meningioma found"), (1.5, "speckle"), (2.6, "below the minimum")],
     ids=["empty", "speckle-only", "too-small"],
 )
 def test_postprocess_not_assessable_without_a_real_lesion(radius: float, expected: str) -> None:
@@ -141,6 +141,67 @@ def test_postprocess_not_assessable_without_a_real_lesion(radius: float, expecte
     assert result.status == STATUS_NOT_ASSESSABLE
     assert expected in result.reason
     assert not result.mask.any()
+
+
+def _two_blobs() -> tuple[np.ndarray, np.ndarray]:
+    """A large, less confident blob and a small, confident one (probabilities)."""
+    shape = (40, 40, 60)
+    big = ball(shape, (20, 20, 15), 8).astype(np.float32) * 0.7
+    small = ball(shape, (20, 20, 45), 4).astype(np.float32) * 0.97
+    return np.maximum(big, small), ball(shape, (20, 20, 45), 4)
+
+
+def test_postprocess_chooses_the_confident_candidate_not_the_largest() -> None:
+    prob, small = _two_blobs()
+    params = PostprocessParams(select="confidence", min_confidence=0.6)
+    result = postprocess(prob, SPACING_1MM, params)
+    assert result.status == STATUS_OK
+    assert np.array_equal(result.mask, small)
+    assert "most confident of 2 candidates" in result.reason
+    chosen = [c for c in result.candidates if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["confidence"] == pytest.approx(0.97)
+    largest = postprocess(prob, SPACING_1MM, PostprocessParams())
+    assert not np.array_equal(largest.mask, small)  # the 0.1 rule takes the big one
+
+
+def test_postprocess_drops_a_candidate_outside_the_intracranial_space() -> None:
+    prob, small = _two_blobs()
+    intracranial = np.ones_like(prob)
+    intracranial[small > 0] = 0.1  # the confident blob lies outside the skull
+    params = PostprocessParams(select="confidence", min_confidence=0.6, min_intracranial=0.5)
+    result = postprocess(prob, SPACING_1MM, params, intracranial=intracranial)
+    assert result.status == STATUS_OK
+    assert not result.mask[small > 0].any()
+    rejected = [c for c in result.candidates if c["rejected"]]
+    assert len(rejected) == 1 and "outside the intracranial space" in rejected[0]["rejected"]
+
+
+def test_postprocess_abstains_when_no_candidate_is_plausible() -> None:
+    prob, small = _two_blobs()
+    intracranial = np.where(small > 0, 0.0, 1.0).astype(np.float32)
+    params = PostprocessParams(select="confidence", min_confidence=0.8, min_intracranial=0.5)
+    result = postprocess(prob, SPACING_1MM, params, intracranial=intracranial)
+    assert result.status == STATUS_NOT_ASSESSABLE
+    assert not result.mask.any()
+    assert result.reason.startswith("not assessable: no plausible lesion")
+    assert "low confidence (0.70 < 0.8)" in result.reason
+    assert "outside the intracranial space" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("select", "biggest", "select must be one of"),
+        ("min_confidence", 1.5, "min_confidence must be in"),
+        ("min_intracranial", -0.1, "min_intracranial must be in"),
+    ],
+    ids=["select", "confidence", "intracranial"],
+)
+def test_postprocess_params_validate_the_candidate_rules(
+    key: str, value: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        PostprocessParams(**{key: value})  # type: ignore[arg-type]
 
 
 def test_postprocess_threshold_applies_to_probabilities() -> None:

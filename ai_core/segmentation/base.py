@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -47,6 +47,9 @@ class SegmentationResult:
     reason: str  # why not assessable, or a short summary when ok
     backend: str  # e.g. "ki67node-unet", "nnunetv2", "received-seg"
     version: str  # the backend's model version
+    #: every candidate lesion the backend weighed (volume, confidence, intracranial
+    #: share, whether chosen and why not), for the job result and benchmarks
+    candidates: tuple[dict[str, Any], ...] = ()
 
     @property
     def ok(self) -> bool:

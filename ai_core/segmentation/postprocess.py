@@ -2,12 +2,22 @@
 
 Rules, in order:
 
-1. threshold the probability (``threshold``);
+1. threshold the tumour probability (``threshold``);
 2. drop connected components (26-connectivity) smaller than
    ``min_component_ml`` (speckle);
-3. keep the largest remaining component (a meningioma is one lesion; a second
-   blob is far more often a false positive than a second tumour);
-4. ``not_assessable`` when nothing of at least ``min_lesion_ml`` is left.
+3. weigh every remaining component as a *candidate*: its volume, its
+   confidence (the ``confidence_quantile`` of the tumour probability inside
+   it) and, when the network also predicts the intracranial compartment, its
+   intracranial share (mean intracranial probability over it). A candidate
+   outside the intracranial space (share < ``min_intracranial``) or below
+   ``min_confidence`` is rejected, with the reason;
+4. choose among the rest by ``select``: ``"confidence"`` (models 0.2+: the
+   most confident candidate, ties by volume — a meningioma is one lesion, and
+   the biggest bright blob is not the likeliest one) or ``"largest"``
+   (models 0.1.x);
+5. ``not_assessable`` when no candidate is left (reason: "no meningioma
+   found" when nothing was ever a candidate, else why each was rejected) or
+   the chosen one is below ``min_lesion_ml``.
 
 Out-of-distribution input is refused before the network runs, with
 :func:`intensity_check` against the statistics of the training images.
@@ -29,6 +39,8 @@ log = logging.getLogger(__name__)
 
 _CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 MM3_PER_ML = 1000.0
+SELECTIONS = ("largest", "confidence")
+NO_LESION = "no meningioma found"
 
 
 @dataclass(frozen=True)
@@ -38,13 +50,23 @@ class PostprocessParams:
     threshold: float = 0.5
     min_component_ml: float = 0.05  # smaller components are speckle
     min_lesion_ml: float = 0.1  # no lesion at least this large: not assessable
-    keep_largest: bool = True
+    keep_largest: bool = True  # 0.1.x name of select="largest"
+    select: str = "largest"  # largest | confidence
+    min_confidence: float = 0.0  # a candidate's confidence must reach this
+    confidence_quantile: float = 0.9  # of the tumour probability inside a candidate
+    min_intracranial: float = 0.0  # a candidate's mean intracranial probability
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.min_component_ml < 0 or self.min_lesion_ml < 0:
             raise ValueError("min_component_ml and min_lesion_ml must not be negative")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select must be one of {SELECTIONS}, got {self.select!r}")
+        for name in ("min_confidence", "confidence_quantile", "min_intracranial"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PostprocessParams:
@@ -60,52 +82,144 @@ class Postprocessed:
     mask: np.ndarray  # uint8 0/1
     status: Status
     reason: str
-    components: int  # components above the speckle size before keeping the largest
+    components: int  # components above the speckle size
+    candidates: tuple[dict[str, Any], ...] = ()
 
 
 def postprocess(
     probability_or_mask: np.ndarray,
     spacing: tuple[float, float, float],
     params: PostprocessParams | None = None,
+    *,
+    intracranial: np.ndarray | None = None,
 ) -> Postprocessed:
-    """Apply the module's rules; ``spacing`` is ``(x, y, z)`` mm."""
+    """Apply the module's rules; ``spacing`` is ``(x, y, z)`` mm.
+
+    ``intracranial`` (same grid, probability) enables the intracranial rule.
+    """
     params = params or PostprocessParams()
     data = np.asarray(probability_or_mask)
-    binary = data > params.threshold if data.dtype.kind == "f" else data > 0
+    is_prob = data.dtype.kind == "f"
+    binary = data > params.threshold if is_prob else data > 0
     voxel_ml = float(np.prod(spacing)) / MM3_PER_ML
     labels, count = ndi.label(binary, structure=_CONNECTIVITY)
     if count == 0:
-        return _refused(binary.shape, "no lesion found in the image", 0)
+        return _refused(binary.shape, f"{NO_LESION} (no voxel above the threshold)", 0)
     sizes = np.bincount(labels.ravel())[1:]
     big = np.flatnonzero(sizes * voxel_ml >= params.min_component_ml) + 1
     if big.size == 0:
         return _refused(
             binary.shape,
-            f"only speckle found ({count} component(s), largest "
+            f"{NO_LESION}: only speckle ({count} component(s), largest "
             f"{sizes.max() * voxel_ml:.3f} mL < {params.min_component_ml} mL)",
             0,
         )
-    if params.keep_largest:
-        keep = [int(big[np.argmax(sizes[big - 1])])]
-    else:
-        keep = [int(v) for v in big]
-    mask = np.isin(labels, keep).astype(np.uint8)
+    candidates = _weigh(
+        labels, big, sizes, voxel_ml, data if is_prob else None, intracranial, params
+    )
+    passing = [c for c in candidates if c["rejected"] is None]
+    if not passing:
+        why = "; ".join(f"{c['volume_ml']:.2f} mL candidate {c['rejected']}" for c in candidates)
+        return _refused(
+            binary.shape, f"not assessable: no plausible lesion ({why})", int(big.size), candidates
+        )
+    chosen = _choose(passing, params)
+    keep = [chosen] if params.select == "confidence" or params.keep_largest else passing
+    for c in keep:
+        c["chosen"] = True
+    mask = np.isin(labels, [c["label"] for c in keep]).astype(np.uint8)
     volume_ml = float(mask.sum()) * voxel_ml
     if volume_ml < params.min_lesion_ml:
         return _refused(
             binary.shape,
             f"largest lesion {volume_ml:.3f} mL is below the minimum {params.min_lesion_ml} mL",
             int(big.size),
+            candidates,
         )
     reason = f"one lesion of {volume_ml:.2f} mL"
-    if big.size > 1 and params.keep_largest:
-        reason += f" (largest of {big.size} components kept)"
-    return Postprocessed(mask, STATUS_OK, reason, int(big.size))
+    if params.select == "confidence" and is_prob:
+        reason += f" (confidence {chosen['confidence']:.2f}"
+        if chosen["intracranial"] is not None:
+            reason += f", intracranial {chosen['intracranial']:.2f}"
+        reason += ")"
+    if len(candidates) > 1 and len(keep) == 1:
+        kept = "most confident" if params.select == "confidence" else "largest"
+        reason += f"; {kept} of {len(candidates)} candidates kept"
+    return Postprocessed(
+        mask, STATUS_OK, reason, int(big.size), tuple(_public(c) for c in candidates)
+    )
 
 
-def _refused(shape: tuple[int, ...], reason: str, components: int) -> Postprocessed:
+def _weigh(
+    labels: np.ndarray,
+    big: np.ndarray,
+    sizes: np.ndarray,
+    voxel_ml: float,
+    prob: np.ndarray | None,
+    intracranial: np.ndarray | None,
+    params: PostprocessParams,
+) -> list[dict[str, Any]]:
+    """Volume, confidence, intracranial share and the first failed rule of each candidate."""
+    objects = ndi.find_objects(labels)
+    out = []
+    for label in big:
+        box = objects[int(label) - 1]
+        inside = labels[box] == label
+        confidence = (
+            float(np.quantile(prob[box][inside], params.confidence_quantile))
+            if prob is not None
+            else 1.0
+        )
+        share = float(intracranial[box][inside].mean()) if intracranial is not None else None
+        rejected = None
+        if share is not None and share < params.min_intracranial:
+            rejected = (
+                f"outside the intracranial space (share {share:.2f} < {params.min_intracranial})"
+            )
+        elif confidence < params.min_confidence:
+            rejected = f"low confidence ({confidence:.2f} < {params.min_confidence})"
+        out.append(
+            {
+                "label": int(label),
+                "volume_ml": float(sizes[int(label) - 1]) * voxel_ml,
+                "confidence": confidence,
+                "intracranial": share,
+                "rejected": rejected,
+                "chosen": False,
+            }
+        )
+    return out
+
+
+def _choose(passing: list[dict[str, Any]], params: PostprocessParams) -> dict[str, Any]:
+    if params.select == "confidence":
+        return max(passing, key=lambda c: (round(c["confidence"], 3), c["volume_ml"]))
+    return max(passing, key=lambda c: c["volume_ml"])
+
+
+def _public(candidate: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-safe copy without the internal component label."""
+    out = {k: v for k, v in candidate.items() if k != "label"}
+    for key in ("volume_ml", "confidence", "intracranial"):
+        if out[key] is not None:
+            out[key] = round(float(out[key]), 4)
+    return out
+
+
+def _refused(
+    shape: tuple[int, ...],
+    reason: str,
+    components: int,
+    candidates: list[dict[str, Any]] | None = None,
+) -> Postprocessed:
     log.debug("segmentation not assessable: %s", reason)
-    return Postprocessed(np.zeros(shape, dtype=np.uint8), STATUS_NOT_ASSESSABLE, reason, components)
+    return Postprocessed(
+        np.zeros(shape, dtype=np.uint8),
+        STATUS_NOT_ASSESSABLE,
+        reason,
+        components,
+        tuple(_public(c) for c in candidates or ()),
+    )
 
 
 # -- input distribution ----------------------------------------------------------

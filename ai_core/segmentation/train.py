@@ -1,18 +1,24 @@
-"""Train the bundled U-Net on a synthetic cohort (``ki67node synth`` output).
+"""Train the bundled U-Net on images synthesised from label maps (issue 17).
 
-    python -m ai_core.segmentation.train --cohort /tmp/segtrain --out DIR \\
-        --epochs 60 --seed 7 --device auto [--holdout /tmp/segtest]
+    python -m ai_core.segmentation.train --out DIR --steps 6000 --seed 7 \\
+        --maps 160 --map-seed 1701 --max-minutes 90 [--resume] [--holdout COHORT]
 
-Each case's T1C series (``ground_truth.csv``) goes through
-:func:`ai_core.preprocess.preprocess` (1 mm, N4, [0, 255]) exactly as at
-inference; its true mask (``masks/<case>.nii.gz``) is resampled onto the same
-grid. Both are reoriented and area-resampled to the working spacing (see
-:func:`ai_core.segmentation.unet.to_working`). Training: random 3D crops
-(tumour-centred 2 of 3), flips, small affine, intensity scale/shift/gamma,
-noise; Dice + cross-entropy; AdamW with cosine decay. The output folder is a
-model folder (``unet.pt`` + ``model.json``) that :class:`UNetBackend` loads.
-With ``--holdout``, Dice on the held-out cohort is measured at 1 mm and
-written into ``model.json``.
+No training image comes from the renderer: :mod:`ai_core.segmentation.labelmaps`
+builds ``--maps`` whole-head label maps (the generator's anatomy as tissue
+codes, tumours 0.5-150 cm³ at every site, 15 % tumour-free), and every step
+draws fresh crops from them with a random deformation and a random
+appearance per label (:mod:`ai_core.segmentation.synthesis`, after SynthSeg),
+in a worker process. The network has two sigmoid outputs, tumour and
+intracranial compartment; loss = Dice + binary cross-entropy on each
+(intracranial weighted ½); AdamW with cosine decay over ``--steps``.
+
+Training is checkpointed (``DIR/checkpoint.pt``) every ``--checkpoint-every``
+steps and when ``--max-minutes`` runs out; ``--resume`` continues from it
+with the same schedule. The output folder is a model folder (``unet.pt`` +
+``model.json``) that :class:`UNetBackend` loads; ``model.json`` records the
+command, seeds and wall time. With ``--holdout`` (a ``ki67node synth``
+cohort: realistic rendering, never seen in any form), Dice at 1 mm after
+post-processing is measured and written into ``model.json``.
 """
 
 from __future__ import annotations
@@ -26,41 +32,72 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ai_core.segmentation.base import RESEARCH_ONLY
-from ai_core.segmentation.postprocess import IntensityReference, IntensityStats, PostprocessParams
+from ai_core.segmentation.postprocess import IntensityReference, PostprocessParams
+from ai_core.segmentation.synthesis import SynthesisParams
 from ai_core.segmentation.unet import (
     BACKEND_NAME,
     MODEL_JSON,
     UNetArchitecture,
     UNetBackend,
-    to_working,
 )
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "unet.pt"
-MODEL_VERSION = "0.1.0"
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_VERSION = "0.2.0"
+ARCHITECTURE = UNetArchitecture(
+    channels=(16, 32, 64, 128),
+    strides=(2, 2, 2),
+    num_res_units=1,
+    norm="instance",
+    activation="sigmoid",
+)
+#: Post-processing of the 0.2 models: the most confident intracranial candidate.
+POSTPROCESS = PostprocessParams(
+    threshold=0.5,
+    min_component_ml=0.05,
+    min_lesion_ml=0.1,
+    select="confidence",
+    min_confidence=0.8,
+    confidence_quantile=0.9,
+    min_intracranial=0.5,
+)
+#: Head statistics of preprocessed synthetic T1C studies (40 studies, cohort seed 101,
+#: measured for model 0.1.0); the preprocessing has not changed since.
+INTENSITY_REFERENCE = IntensityReference(
+    mean_mean=124.17456493377685,
+    mean_std=6.667965593906663,
+    std_mean=66.05041217803955,
+    std_std=3.2137810695440834,
+    max_z=8.0,
+)
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 60
+    steps: int = 6000
     seed: int = 0
     device: str = "auto"
     working_mm: float = 2.0
-    crop: int = 48
-    samples_per_case: int = 2
-    batch_size: int = 2  # cases per step (x samples_per_case crops)
-    learning_rate: float = 3e-3
+    batch_size: int = 2
+    learning_rate: float = 2e-3
     weight_decay: float = 1e-4
-    max_minutes: float = 0.0  # stop after this many minutes (0: no limit)
-    threads: int = 2
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this many minutes; 0: no limit
+    threads: int = 1
+    workers: int = 1  # processes synthesising samples
+    maps: int = 160
+    map_seed: int = 1701
+    tumour_free_fraction: float = 0.15
+    checkpoint_every: int = 200
+    intracranial_weight: float = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,151 +171,163 @@ def evaluate(model_dir: Path, cases: Sequence[Case], device: str = "auto") -> li
     return out
 
 
-def _transforms(crop: int, samples: int) -> Any:
-    from monai import transforms as T  # noqa: N812
+def _samples(bank: list[Any], seed: int, params: SynthesisParams, start: int) -> Any:
+    """An endless stream of synthesised (image, target) pairs; each worker its own seed."""
+    import torch
+    from torch.utils.data import IterableDataset, get_worker_info
 
-    keys = ["image", "label"]
-    return T.Compose(
-        [
-            T.SpatialPadd(keys, spatial_size=(crop, crop, crop)),
-            T.RandCropByPosNegLabeld(
-                keys, "label", spatial_size=(crop, crop, crop), pos=2, neg=1, num_samples=samples
-            ),
-            T.RandFlipd(keys, prob=0.5, spatial_axis=2),  # left-right
-            T.RandAffined(
-                keys,
-                prob=0.3,
-                rotate_range=(0.2, 0.2, 0.2),
-                scale_range=(0.1, 0.1, 0.1),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            ),
-            T.RandScaleIntensityd("image", factors=0.15, prob=0.5),
-            T.RandShiftIntensityd("image", offsets=0.08, prob=0.5),
-            T.RandAdjustContrastd("image", gamma=(0.8, 1.25), prob=0.3),
-            T.RandGaussianNoised("image", std=0.02, prob=0.2),
-            T.EnsureTyped(keys, track_meta=False),
-        ]
+    from ai_core.segmentation.synthesis import synthesise
+
+    class Samples(IterableDataset):
+        def __iter__(self) -> Iterator[tuple[Any, Any]]:
+            info = get_worker_info()
+            worker = info.id if info is not None else 0
+            rng = np.random.default_rng([seed, start, worker])
+            while True:
+                lm = bank[int(rng.integers(len(bank)))]
+                image, target = synthesise(lm, rng, params)
+                yield torch.from_numpy(image), torch.from_numpy(target)
+
+    return Samples()
+
+
+def _loss(logits: Any, target: Any, intracranial_weight: float) -> Any:
+    """Dice (over the batch) + BCE on the tumour output, the same ×weight on the intracranial one."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    prob = torch.sigmoid(logits)
+    dims = (0, 2, 3, 4)
+    inter = (prob * target).sum(dims)
+    denom = prob.sum(dims) + target.sum(dims)
+    dice = 1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dims)
+    per_channel = dice + bce
+    return per_channel[0] + intracranial_weight * per_channel[1]
+
+
+def _learning_rate(params: TrainParams, step: int, seconds: float) -> float:
+    """Warm-up, then cosine decay over the steps or the wall-time budget, whichever ends first."""
+    warmup = 100
+    if step < warmup:
+        return params.learning_rate * (step + 1) / warmup
+    frac = step / max(params.steps, 1)
+    if params.max_minutes:
+        frac = max(frac, seconds / (params.max_minutes * 60.0))
+    return params.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def _save_checkpoint(path: Path, net: Any, opt: Any, step: int, seconds: float) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "seconds": seconds}, tmp
     )
-
-
-def prepared_case(
-    cohort: Path, row: dict[str, str], working_mm: float, cache: Path | None
-) -> tuple[np.ndarray, np.ndarray, IntensityStats]:
-    """(image, label) at the working spacing and the 1 mm intensity stats; cached as .npz."""
-    path = cache / f"{row['case_id']}_{working_mm:g}mm.npz" if cache else None
-    if path is not None and path.is_file():
-        with np.load(path) as data:
-            mean, std, frac = (float(v) for v in data["stats"])
-            return data["image"], data["label"], IntensityStats(mean, std, frac)
-    case = load_case(cohort, row)
-    stats = IntensityStats.of(case.image)
-    image, _ = to_working(case.image, case.spacing, case.direction, working_mm)
-    soft, _ = to_working(case.mask.astype(np.float32), case.spacing, case.direction, working_mm)
-    label = (soft >= 0.5).astype(np.float32)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            path,
-            image=image,
-            label=label,
-            stats=np.array([stats.mean, stats.std, stats.head_fraction]),
-        )
-    return image, label, stats
+    tmp.replace(path)
 
 
 def train(
-    cohort: Path,
     out: Path,
     params: TrainParams,
     *,
-    limit: int = 0,
-    progress: bool = True,
-    cache: Path | None = None,
+    resume: bool = False,
+    synthesis: SynthesisParams | None = None,
 ) -> dict[str, Any]:
-    """Train, save ``unet.pt`` + ``model.json`` under ``out``; return the model description."""
+    """Train (or resume), save ``unet.pt`` + ``model.json`` under ``out``; return the description."""
     import torch
-    from monai.data import DataLoader, Dataset
-    from monai.losses import DiceCELoss
-    from monai.utils import set_determinism
-    from tqdm import tqdm
+    from torch.utils.data import DataLoader
 
+    from ai_core.segmentation.labelmaps import build_bank
     from ai_core.segmentation.unet import resolve_device
 
+    synthesis = synthesis or SynthesisParams()
     torch.set_num_threads(params.threads)
-    set_determinism(seed=params.seed)
+    torch.manual_seed(params.seed)
     device = resolve_device(params.device)
-    arch = UNetArchitecture()
-    scale = 1.0 / 255.0
+    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    items, stats = [], []
-    rows = read_rows(cohort)
-    for row in tqdm(
-        rows[:limit] if limit else rows,
-        desc="prepare",
-        unit="case",
-        disable=not progress,
-        file=sys.stderr,
-    ):
-        image, label, case_stats = prepared_case(cohort, row, params.working_mm, cache)
-        stats.append(case_stats)
-        items.append({"image": (image * scale)[None], "label": label[None]})
-    prep_s = time.perf_counter() - started
-    loader = DataLoader(
-        Dataset(items, _transforms(params.crop, params.samples_per_case)),
-        batch_size=params.batch_size,
-        shuffle=True,
-        num_workers=0,
+    bank = build_bank(
+        params.maps, params.map_seed, tumour_free_fraction=params.tumour_free_fraction
     )
-    net = arch.build().to(device)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    bank_s = time.perf_counter() - started
+    log.info("%d label maps built in %.0f s", len(bank), bank_s)
+    net = ARCHITECTURE.build().to(device)
     opt = torch.optim.AdamW(
         net.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
     )
-    total_steps = params.epochs * len(loader)
-    budget_s = max(params.max_minutes * 60.0 - (time.perf_counter() - started), 60.0)
-    train_start = time.perf_counter()
-    bar = tqdm(
-        range(params.epochs), desc="train", unit="epoch", disable=not progress, file=sys.stderr
+    step, previous_s = 0, 0.0
+    checkpoint = out / CHECKPOINT_FILE
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        step, previous_s = int(state["step"]), float(state["seconds"])
+        log.info("resumed at step %d (%.0f s of training before)", step, previous_s)
+    loader: DataLoader[Any] = DataLoader(
+        _samples(bank, params.seed, synthesis, step),
+        batch_size=params.batch_size,
+        num_workers=params.workers,
+        persistent_workers=params.workers > 0,
     )
-    epochs_done, step, last_loss = 0, 0, float("nan")
-    for _epoch in bar:
-        net.train()
-        losses = []
-        for batch in loader:
-            # cosine decay over the steps, or over the wall-time budget when one is set
-            progress_frac = step / total_steps
-            if params.max_minutes:
-                progress_frac = max(progress_frac, (time.perf_counter() - train_start) / budget_s)
-            for group in opt.param_groups:
-                group["lr"] = (
-                    params.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(progress_frac, 1.0)))
-                )
-            x = batch["image"].to(device)
-            y = batch["label"].to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x), y)
-            loss.backward()
-            opt.step()
-            step += 1
-            losses.append(float(loss.item()))
-        last_loss = float(np.mean(losses))
-        epochs_done += 1
-        bar.set_postfix(loss=f"{last_loss:.3f}")
-        log.info("epoch %d loss %.4f", epochs_done, last_loss)
-        if params.max_minutes and time.perf_counter() - train_start > budget_s:
-            log.warning(
-                "stopping after %d epochs: time limit of %s min", epochs_done, params.max_minutes
-            )
+    train_start = time.perf_counter()
+    budget_s = params.max_minutes * 60.0 - previous_s
+    losses: list[float] = []
+    net.train()
+    for image, target in loader:
+        if step >= params.steps:
             break
-    out.mkdir(parents=True, exist_ok=True)
+        for group in opt.param_groups:
+            group["lr"] = _learning_rate(
+                params, step, previous_s + time.perf_counter() - train_start
+            )
+        opt.zero_grad(set_to_none=True)
+        loss = _loss(net(image.to(device)), target.to(device), params.intracranial_weight)
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(float(loss.item()))
+        elapsed = time.perf_counter() - train_start
+        if step % 50 == 0:
+            rate = len(losses) / max(elapsed, 1e-6)
+            log.info(
+                "step %d/%d loss %.4f (%.2f steps/s, about %.0f min left)",
+                step,
+                params.steps,
+                float(np.mean(losses[-50:])),
+                rate,
+                (params.steps - step) / max(rate, 1e-6) / 60.0,
+            )
+        if step % params.checkpoint_every == 0:
+            _save_checkpoint(checkpoint, net, opt, step, previous_s + elapsed)
+        if params.max_minutes and elapsed > budget_s:
+            log.warning("time limit of %s min reached at step %d", params.max_minutes, step)
+            break
+    seconds = previous_s + time.perf_counter() - train_start
+    _save_checkpoint(checkpoint, net, opt, step, seconds)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     torch.save(state, out / WEIGHTS_FILE)
-    meta = {
+    meta = _describe(params, synthesis, step, seconds, bank_s, device, losses)
+    _write_meta(out, meta)
+    return meta
+
+
+def _describe(
+    params: TrainParams,
+    synthesis: SynthesisParams,
+    step: int,
+    seconds: float,
+    bank_s: float,
+    device: str,
+    losses: list[float],
+) -> dict[str, Any]:
+    import torch
+
+    return {
         "name": BACKEND_NAME,
         "version": MODEL_VERSION,
         "notice": RESEARCH_ONLY,
-        "architecture": arch.to_dict(),
+        "architecture": ARCHITECTURE.to_dict(),
         "weights": WEIGHTS_FILE,
         "working_spacing_mm": params.working_mm,
         "input": (
@@ -286,25 +335,26 @@ def train(
             "[0, 255]); reoriented to the nearest axial LPS; area-resampled to the working "
             "spacing; multiplied by input_scale"
         ),
-        "input_scale": scale,
-        "inference": {"roi_size": [96, 96, 96], "overlap": 0.25, "blend": "gaussian"},
-        "postprocess": asdict(PostprocessParams()),
-        "intensity_reference": asdict(IntensityReference.fit(stats)),
+        "input_scale": 1.0 / 255.0,
+        "inference": {"roi_size": [synthesis.crop] * 3, "overlap": 0.25, "blend": "gaussian"},
+        "postprocess": asdict(POSTPROCESS),
+        "intensity_reference": asdict(INTENSITY_REFERENCE),
         "training": {
             "command": "python -m ai_core.segmentation.train " + shlex.join(sys.argv[1:]),
-            "cohort": str(cohort),
-            "cases": len(items),
+            "data": (
+                "images synthesised on the fly from label maps with a random appearance per "
+                "label (ai_core.segmentation.labelmaps / synthesis); no rendered study"
+            ),
             "params": asdict(params),
-            "epochs_done": epochs_done,
-            "final_loss": round(last_loss, 4),
+            "synthesis": asdict(synthesis),
+            "steps_done": step,
+            "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None,
             "device": device,
             "torch": torch.__version__,
-            "prepare_seconds": round(prep_s, 1),
-            "seconds": round(time.perf_counter() - started, 1),
+            "label_map_seconds": round(bank_s, 1),
+            "seconds": round(seconds, 1),
         },
     }
-    _write_meta(out, meta)
-    return meta
 
 
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
@@ -322,40 +372,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ai_core.segmentation.train", description=__doc__.split("\n")[0]
     )
-    parser.add_argument(
-        "--cohort", type=Path, required=True, help="ki67node synth output (training)"
-    )
+    d = TrainParams()
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
-    parser.add_argument("--epochs", type=int, default=TrainParams.epochs)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps ({d.steps})")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--maps", type=int, default=d.maps, help=f"label maps ({d.maps})")
+    parser.add_argument("--map-seed", type=int, default=d.map_seed)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    parser.add_argument("--holdout", type=Path, help="cohort for the held-out Dice")
+    parser.add_argument("--threads", type=int, default=d.threads, help="torch threads")
+    parser.add_argument("--workers", type=int, default=d.workers, help="sample processes")
     parser.add_argument("--max-minutes", type=float, default=0.0, help="wall-time limit")
-    parser.add_argument("--limit", type=int, default=0, help="use only the first N cases")
-    parser.add_argument("--cache", type=Path, help="folder for prepared working arrays (reused)")
-    parser.add_argument("--prepare-only", action="store_true", help="fill --cache and stop")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    s = SynthesisParams()
+    parser.add_argument("--crop", type=int, default=s.crop, help=f"crop edge, voxels ({s.crop})")
+    parser.add_argument(
+        "--p-realistic",
+        type=float,
+        default=s.p_realistic,
+        help=f"share of samples with a realistic T1C appearance ({s.p_realistic})",
+    )
+    parser.add_argument("--holdout", type=Path, help="ki67node synth cohort for held-out Dice")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    params = TrainParams(
-        epochs=args.epochs, seed=args.seed, device=args.device, max_minutes=args.max_minutes
+    params = replace(
+        d,
+        steps=args.steps,
+        seed=args.seed,
+        maps=args.maps,
+        map_seed=args.map_seed,
+        device=args.device,
+        threads=args.threads,
+        workers=args.workers,
+        max_minutes=args.max_minutes,
+        checkpoint_every=args.checkpoint_every,
+        batch_size=args.batch_size,
     )
-    if args.prepare_only:
-        for row in read_rows(args.cohort)[: args.limit or None]:
-            prepared_case(args.cohort, row, params.working_mm, args.cache)
-            log.info("prepared %s", row["case_id"])
-        return 0
-    meta = train(
-        args.cohort,
-        args.out,
-        params,
-        limit=args.limit,
-        progress=not args.no_progress,
-        cache=args.cache,
-    )
-    meta["training"]["cohort_seed"] = _cohort_seed(args.cohort)
+    synthesis = replace(s, crop=args.crop, p_realistic=args.p_realistic)
+    meta = train(args.out, params, resume=args.resume, synthesis=synthesis)
     if args.holdout:
         rows = evaluate(args.out, list(load_cohort(args.holdout)), device=args.device)
         dices = [r["dice"] for r in rows]

@@ -52,9 +52,20 @@ BACKEND_NAME = "ki67node-unet"
 TUMOUR_CHANNEL = 1
 
 
+ACTIVATIONS = ("softmax", "sigmoid")
+#: What each output channel means, per activation.
+OUTPUTS = {"softmax": ("background", "tumour"), "sigmoid": ("tumour", "intracranial")}
+
+
 @dataclass(frozen=True)
 class UNetArchitecture:
-    """Hyper-parameters of ``monai.networks.nets.UNet`` (3D, background + tumour)."""
+    """Hyper-parameters of ``monai.networks.nets.UNet`` (3D).
+
+    ``activation="softmax"`` (models 0.1.x): two exclusive classes, background
+    and tumour. ``"sigmoid"`` (models 0.2+, issue 17): two independent
+    outputs, tumour and the intracranial compartment (tumour included), so a
+    candidate outside the skull can be recognised and dropped.
+    """
 
     channels: tuple[int, ...] = (8, 16, 32, 64)
     strides: tuple[int, ...] = (2, 2, 2)
@@ -63,6 +74,7 @@ class UNetArchitecture:
     dropout: float = 0.0
     in_channels: int = 1
     out_channels: int = 2
+    activation: str = "softmax"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -72,12 +84,19 @@ class UNetArchitecture:
                 f"UNet needs one stride per down-sampling: {len(self.channels)} channels, "
                 f"{len(self.strides)} strides"
             )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.out_channels != 2:
-            raise ValueError("the tumour network has two output channels (background, tumour)")
+            names = " and ".join(OUTPUTS[self.activation])
+            raise ValueError(f"the tumour network has two output channels ({names})")
 
     @property
     def divisor(self) -> int:
         return int(np.prod(self.strides))
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return OUTPUTS[self.activation]
 
     def build(self) -> torch.nn.Module:
         from monai.networks.nets import UNet
@@ -104,11 +123,13 @@ class UNetArchitecture:
             "num_res_units": self.num_res_units,
             "norm": self.norm,
             "dropout": self.dropout,
+            "activation": self.activation,
+            "outputs": list(self.outputs),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UNetArchitecture:
-        values = {k: v for k, v in data.items() if k not in ("class", "spatial_dims")}
+        values = {k: v for k, v in data.items() if k not in ("class", "spatial_dims", "outputs")}
         return cls(**values)
 
 
@@ -245,13 +266,16 @@ class UNetBackend(SegmentationBackend):
             self._network = net.to(self.device).eval()
         return self._network
 
-    def probability(
+    def probabilities(
         self,
         image_zyx: np.ndarray,
         spacing: tuple[float, float, float],
         direction: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Tumour probability on the input grid (float32, [0, 1])."""
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Tumour and intracranial probability on the input grid (float32, [0, 1]).
+
+        The intracranial map is None for a softmax (0.1.x) model, which has none.
+        """
         import torch
         from monai.inferers import sliding_window_inference
 
@@ -269,10 +293,28 @@ class UNetBackend(SegmentationBackend):
                 mode="gaussian",
             )
             assert isinstance(logits, torch.Tensor)
-            prob = torch.softmax(logits.float(), dim=1)[0, TUMOUR_CHANNEL].cpu().numpy()
+            if model.architecture.activation == "sigmoid":
+                maps = torch.sigmoid(logits.float())[0].cpu().numpy()
+                channels = [maps[0], maps[1]]
+            else:
+                channels = [torch.softmax(logits.float(), dim=1)[0, TUMOUR_CHANNEL].cpu().numpy()]
         canonical_shape = reorient.forward(np.empty(image_zyx.shape, dtype=np.uint8)).shape
-        up = resample_to(prob, canonical_shape, mode="trilinear")
-        return np.clip(reorient.backward(up), 0.0, 1.0).astype(np.float32)
+        out = [
+            np.clip(
+                reorient.backward(resample_to(c, canonical_shape, mode="trilinear")), 0, 1
+            ).astype(np.float32)
+            for c in channels
+        ]
+        return out[0], (out[1] if len(out) > 1 else None)
+
+    def probability(
+        self,
+        image_zyx: np.ndarray,
+        spacing: tuple[float, float, float],
+        direction: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Tumour probability on the input grid (float32, [0, 1])."""
+        return self.probabilities(image_zyx, spacing, direction)[0]
 
     def segment(
         self,
@@ -294,8 +336,8 @@ class UNetBackend(SegmentationBackend):
                     self.name,
                     self.version,
                 )
-        prob = self.probability(image_zyx, spacing, direction)
-        post = postprocess(prob, spacing, self.model.postprocess)
+        prob, intracranial = self.probabilities(image_zyx, spacing, direction)
+        post = postprocess(prob, spacing, self.model.postprocess, intracranial=intracranial)
         return SegmentationResult(
-            post.mask, prob, post.status, post.reason, self.name, self.version
+            post.mask, prob, post.status, post.reason, self.name, self.version, post.candidates
         )

@@ -60,7 +60,8 @@ class Label:
     CORD = 15
     DISC = 16
     BRAIN = 17  # intensity comes from the template through a per-contrast curve
-    COUNT = 18
+    PITUITARY = 18  # only in distinct heads (index >= 1, ai_core.synth.heads)
+    COUNT = 19
 
 
 class SynthError(AiCoreError):
@@ -223,6 +224,60 @@ def head_model(spacing: float = 1.0) -> HeadModel:
         muscle_extra=muscle_extra,
         veins=tuple(veins),
     )
+
+
+# Pituitary gland in the sella turcica of the template head (found on its midline
+# sagittal slice: below the hypothalamus and optic chiasm, which start at z = -17,
+# in front of the prepontine cistern, in a notch of the sphenoid), with the
+# infundibular stalk up to the hypothalamus and the cavernous sinuses beside it.
+PITUITARY_CENTRE_RAS = (0.0, -3.0, -25.0)
+PITUITARY_RADII_MM = (6.5, 5.0, 4.0)  # about 0.54 cm3
+STALK_RAS = ((0.0, -3.0, -21.0), (0.0, -5.0, -15.0))
+CAVERNOUS_CENTRE_RAS = (10.5, -3.0, -26.0)  # x mirrored for the left side
+CAVERNOUS_RADII_MM = (2.5, 7.0, 4.5)
+
+
+def paint_pituitary(lab: np.ndarray, model: HeadModel) -> None:
+    """Paint the pituitary gland, its stalk and the cavernous sinuses (in place, world grid).
+
+    The gland (``Label.PITUITARY``, about 0.5-0.6 cm3) replaces bone, marrow,
+    dura and CSF in the sella; the stalk and the cavernous sinuses
+    (``Label.SINUS``: enhancing on T1C) never replace brain. Works on any
+    head model spacing (1 or 2 mm).
+    """
+    if lab.shape != model.shape:
+        raise SynthError(
+            f"label map shape {lab.shape} is not the head model's {model.shape}; "
+            "pass the map built on the same model"
+        )
+    h = model.spacing
+    pad = max(CAVERNOUS_CENTRE_RAS[0] + CAVERNOUS_RADII_MM[0], 12.0) + 2 * h
+    lo = np.floor(model.to_index(np.array(PITUITARY_CENTRE_RAS) - pad)).astype(int)
+    hi = np.ceil(model.to_index(np.array(PITUITARY_CENTRE_RAS) + pad)).astype(int) + 1
+    lo, hi = np.maximum(lo, 0), np.minimum(hi, np.array(model.shape))
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    x, y, z = (
+        (model.origin[i] + h * np.arange(lo[i], hi[i]))[
+            tuple(slice(None) if j == i else None for j in range(3))
+        ]
+        for i in range(3)
+    )
+    sub = lab[box]
+    not_brain = sub != Label.BRAIN
+    for side in (-1.0, 1.0):
+        c = (side * CAVERNOUS_CENTRE_RAS[0], *CAVERNOUS_CENTRE_RAS[1:])
+        cav = _ellipsoid(x, y, z, c, CAVERNOUS_RADII_MM) <= 1
+        sub[cav & not_brain] = Label.SINUS
+    # at least one voxel across on coarse grids
+    radii = tuple(max(r, 0.75 * h) for r in PITUITARY_RADII_MM)
+    gland = _ellipsoid(x, y, z, PITUITARY_CENTRE_RAS, radii) <= 1
+    sub[gland & not_brain] = Label.PITUITARY
+    a, b = (np.array(p) for p in STALK_RAS)
+    d = b - a
+    t = np.clip(((x - a[0]) * d[0] + (y - a[1]) * d[1] + (z - a[2]) * d[2]) / (d @ d), 0, 1)
+    dist2 = (x - a[0] - t * d[0]) ** 2 + (y - a[1] - t * d[1]) ** 2 + (z - a[2] - t * d[2]) ** 2
+    stalk = dist2 <= max(1.3, 0.6 * h) ** 2
+    sub[stalk & not_brain & ((sub == Label.CSF) | (sub == Label.DURA))] = Label.PITUITARY
 
 
 def _smooth_noise(shape: tuple[int, ...], sigma_vox: float, seed: int) -> np.ndarray:

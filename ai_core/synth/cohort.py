@@ -28,7 +28,7 @@ import numpy as np
 
 from ai_core.synth.anatomy import SynthError
 from ai_core.synth.clinical import auc, population_bayes_auc
-from ai_core.synth.plan import SIZES, plan_case
+from ai_core.synth.plan import SIZES, CohortOptions, plan_case
 from ai_core.synth.profiles import PROFILES, SiteProfile
 from ai_core.synth.render import render_case
 
@@ -63,6 +63,8 @@ CSV_COLUMNS = (
     "reverse_slice_order",
     "pixel_spacing_mm",
     "slice_thickness_mm",
+    "head",  # distinct head index (0: the template head)
+    "has_tumour",
 )
 MAX_CASES = 100_000
 
@@ -114,6 +116,10 @@ def generate_cohort(
     size: str = "full",
     progress: bool = True,
     asymptomatic_fraction: float | None = None,
+    heads: tuple[int, ...] = (0,),
+    volume_range: tuple[float, float] | None = None,
+    tumour_free_fraction: float = 0.0,
+    t1c_only: bool = False,
 ) -> CohortSummary:
     """Write ``cases`` synthetic studies into ``out_dir`` (which must be new or empty).
 
@@ -123,9 +129,27 @@ def generate_cohort(
     asymptomatic meningiomas (issue 6). ``longitudinal=True`` writes
     surveillance patients with follow-up studies instead
     (:func:`ai_core.synth.longitudinal.generate_longitudinal`).
+
+    Segmentation benchmarks (opt-in; the defaults write exactly the cohort of
+    before): ``heads`` the distinct heads to draw from
+    (:mod:`ai_core.synth.heads`), ``volume_range`` tumour volumes (cm3,
+    log-uniform) at uniformly drawn locations, ``tumour_free_fraction`` the
+    share of cases without a tumour (empty mask, volume 0, location "none"),
+    ``t1c_only`` no distractor series (see :class:`CohortOptions`).
     """
     out_dir = Path(out_dir)
     _check_args(out_dir, cases, seed, profile, size)
+    options = CohortOptions(
+        heads=tuple(heads),
+        volume_range=None if volume_range is None else (volume_range[0], volume_range[1]),
+        tumour_free_fraction=tumour_free_fraction,
+        t1c_only=t1c_only,
+    )
+    if longitudinal and not options.is_default:
+        raise SynthError(
+            "longitudinal cohorts take none of heads, volume_range, tumour_free_fraction, "
+            "t1c_only; use ai_core.synth.pairs.generate_pairs for growth-measurement pairs"
+        )
     if longitudinal:  # surveillance patients with follow-up studies (issue 6)
         from ai_core.synth.longitudinal import generate_longitudinal
 
@@ -150,7 +174,7 @@ def generate_cohort(
     records: list[dict[str, Any]] = []
     try:
         for index in range(cases):
-            plan = plan_case(seed, index, site, size)
+            plan = plan_case(seed, index, site, size, options)
             rendered = render_case(plan, out_dir)
             _write_mask(out_dir / "masks" / f"{plan.case_id}.nii.gz", rendered)
             rendered.record["mask_file"] = f"masks/{plan.case_id}.nii.gz"
@@ -160,7 +184,7 @@ def generate_cohort(
     finally:
         if bar is not None:
             bar.close()
-    return _write_summary(out_dir, records, seed, site, size)
+    return _write_summary(out_dir, records, seed, site, size, options)
 
 
 def _progress(total: int, enabled: bool):
@@ -192,7 +216,13 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def _write_summary(
-    out_dir: Path, records: list[dict[str, Any]], seed: int, site: Any, size: str
+    out_dir: Path,
+    records: list[dict[str, Any]],
+    seed: int,
+    site: Any,
+    size: str,
+    options: CohortOptions | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> CohortSummary:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -235,6 +265,18 @@ def _write_summary(
         "bayes_auc_population": _round(population_auc),
         "label_model": _label_model_json(site.label_model),
     }
+    if options is not None and not options.is_default:  # default cohorts: file as before
+        cohort["segmentation_benchmark"] = {
+            "heads": list(options.heads),
+            "volume_range_cm3": None
+            if options.volume_range is None
+            else list(options.volume_range),
+            "tumour_free_fraction": options.tumour_free_fraction,
+            "t1c_only": options.t1c_only,
+            "tumour_free_cases": sum(not r["has_tumour"] for r in records),
+            "by_head": _counts(records, "head"),
+        }
+    cohort.update(extra or {})
     cohort_path = out_dir / "cohort.json"
     _atomic_text(cohort_path, json.dumps(cohort, indent=1, sort_keys=True) + "\n")
     from ai_core.model.cases import manifest_from_ground_truth

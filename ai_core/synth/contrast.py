@@ -31,42 +31,43 @@ BRAIN_CURVES: dict[str, tuple[float, ...]] = {
 _L = Label
 # fmt: off
 # One row per contrast, one column per Label code (BRAIN is unused: template curve).
+# PITUITARY appears only in distinct heads (index >= 1); it enhances strongly on T1C.
 _TABLE: dict[str, dict[int, float]] = {
     "t1c": {
         _L.AIR: 0.0, _L.CSF: 0.15, _L.DURA: 0.55, _L.BONE: 0.05, _L.MARROW: 0.72,
         _L.MUSCLE: 0.42, _L.FAT: 1.30, _L.SKIN: 0.62, _L.SINUS: 1.32, _L.VESSEL: 1.30,
         _L.CHOROID: 1.20, _L.VITREOUS: 0.10, _L.LENS: 0.65, _L.ORBIT_FAT: 1.30,
-        _L.MUCOSA: 0.95, _L.CORD: 0.92, _L.DISC: 0.35,
+        _L.MUCOSA: 0.95, _L.CORD: 0.92, _L.DISC: 0.35, _L.PITUITARY: 1.25,
     },
     "t1": {
         _L.AIR: 0.0, _L.CSF: 0.15, _L.DURA: 0.42, _L.BONE: 0.05, _L.MARROW: 0.72,
         _L.MUSCLE: 0.42, _L.FAT: 1.30, _L.SKIN: 0.62, _L.SINUS: 0.35, _L.VESSEL: 0.30,
         _L.CHOROID: 0.45, _L.VITREOUS: 0.10, _L.LENS: 0.65, _L.ORBIT_FAT: 1.30,
-        _L.MUCOSA: 0.50, _L.CORD: 0.92, _L.DISC: 0.35,
+        _L.MUCOSA: 0.50, _L.CORD: 0.92, _L.DISC: 0.35, _L.PITUITARY: 0.62,
     },
     "t2": {
         _L.AIR: 0.0, _L.CSF: 1.00, _L.DURA: 0.18, _L.BONE: 0.03, _L.MARROW: 0.55,
         _L.MUSCLE: 0.25, _L.FAT: 0.78, _L.SKIN: 0.40, _L.SINUS: 0.05, _L.VESSEL: 0.05,
         _L.CHOROID: 0.60, _L.VITREOUS: 1.00, _L.LENS: 0.20, _L.ORBIT_FAT: 0.78,
-        _L.MUCOSA: 0.90, _L.CORD: 0.40, _L.DISC: 0.80,
+        _L.MUCOSA: 0.90, _L.CORD: 0.40, _L.DISC: 0.80, _L.PITUITARY: 0.60,
     },
     "flair": {
         _L.AIR: 0.0, _L.CSF: 0.07, _L.DURA: 0.30, _L.BONE: 0.03, _L.MARROW: 0.60,
         _L.MUSCLE: 0.30, _L.FAT: 0.80, _L.SKIN: 0.50, _L.SINUS: 0.10, _L.VESSEL: 0.10,
         _L.CHOROID: 0.50, _L.VITREOUS: 0.08, _L.LENS: 0.30, _L.ORBIT_FAT: 0.80,
-        _L.MUCOSA: 0.80, _L.CORD: 0.60, _L.DISC: 0.60,
+        _L.MUCOSA: 0.80, _L.CORD: 0.60, _L.DISC: 0.60, _L.PITUITARY: 0.70,
     },
     "dwi": {
         _L.AIR: 0.0, _L.CSF: 0.12, _L.DURA: 0.10, _L.BONE: 0.02, _L.MARROW: 0.10,
         _L.MUSCLE: 0.20, _L.FAT: 0.05, _L.SKIN: 0.15, _L.SINUS: 0.05, _L.VESSEL: 0.05,
         _L.CHOROID: 0.30, _L.VITREOUS: 0.10, _L.LENS: 0.10, _L.ORBIT_FAT: 0.05,
-        _L.MUCOSA: 0.40, _L.CORD: 0.50, _L.DISC: 0.30,
+        _L.MUCOSA: 0.40, _L.CORD: 0.50, _L.DISC: 0.30, _L.PITUITARY: 0.55,
     },
     "localizer": {
         _L.AIR: 0.0, _L.CSF: 0.28, _L.DURA: 0.50, _L.BONE: 0.05, _L.MARROW: 0.70,
         _L.MUSCLE: 0.50, _L.FAT: 1.00, _L.SKIN: 0.60, _L.SINUS: 0.60, _L.VESSEL: 0.60,
         _L.CHOROID: 0.50, _L.VITREOUS: 0.25, _L.LENS: 0.60, _L.ORBIT_FAT: 1.00,
-        _L.MUCOSA: 0.60, _L.CORD: 0.85, _L.DISC: 0.45,
+        _L.MUCOSA: 0.60, _L.CORD: 0.85, _L.DISC: 0.45, _L.PITUITARY: 0.70,
     },
 }
 # fmt: on

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ai_core.synth.acquisition import Pose, Quantisation
+from ai_core.synth.anatomy import SynthError
 from ai_core.synth.clinical import Features, draw_features
 from ai_core.synth.contrast import HeadLayers
+from ai_core.synth.heads import MAX_HEAD_INDEX, head_variant
 from ai_core.synth.lesion import LesionSpec
 from ai_core.synth.profiles import SiteProfile
-from ai_core.synth.tumour import TumourShape
+from ai_core.synth.tumour import LOCATIONS, TumourShape
 
 STREAM_CLINICAL = 1
 STREAM_ANATOMY = 2
@@ -28,6 +30,8 @@ STREAM_TUMOUR = 3
 STREAM_ACQUISITION = 4
 STREAM_NOISE = 5
 STREAM_GROWTH = 6  # reserved for longitudinal follow-up studies (issue 6)
+STREAM_HEAD = 7  # which distinct head a case shows (CohortOptions.heads)
+STREAM_SEGBENCH = 8  # segmentation benchmark draws: volume, location, tumour-free, pairs
 
 
 def stream(seed: int, index: int, stream_id: int, *extra: int) -> np.random.Generator:
@@ -67,6 +71,47 @@ SIZES = {
 
 
 @dataclass(frozen=True)
+class CohortOptions:
+    """Opt-in variations for segmentation benchmarks; the defaults change nothing.
+
+    ``heads``: the distinct heads cases are drawn from (0 = the template head,
+    :mod:`ai_core.synth.heads`); ``volume_range``: tumour volume (cm3)
+    log-uniform in the range, location uniform over the three sites (Ki-67
+    label and other features as drawn); ``tumour_free_fraction``: share of
+    cases without a tumour; ``t1c_only``: no distractor series.
+    """
+
+    heads: tuple[int, ...] = (0,)
+    volume_range: tuple[float, float] | None = None
+    tumour_free_fraction: float = 0.0
+    t1c_only: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.heads:
+            raise SynthError("heads must name at least one head index, e.g. (0,) or (1, 2, 3)")
+        for h in self.heads:
+            if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h <= MAX_HEAD_INDEX:
+                raise SynthError(
+                    f"heads: {h!r} is not a head index; use integers 0..{MAX_HEAD_INDEX}"
+                )
+        if self.volume_range is not None:
+            lo, hi = self.volume_range
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi <= 500):
+                raise SynthError(
+                    f"volume_range must be (low, high) cm3 with 0 < low <= high <= 500, "
+                    f"got {self.volume_range}"
+                )
+        if not 0.0 <= self.tumour_free_fraction <= 1.0:
+            raise SynthError(
+                f"tumour_free_fraction must be between 0 and 1, got {self.tumour_free_fraction}"
+            )
+
+    @property
+    def is_default(self) -> bool:
+        return self == CohortOptions()
+
+
+@dataclass(frozen=True)
 class CasePlan:
     """All parameters of one case; rendering it needs no further label information."""
 
@@ -103,6 +148,9 @@ class CasePlan:
     description_variant: int
     contrast_evidence: str | None
     distractors: tuple[str, ...]
+    head: int = 0  # distinct head index (0: the template head)
+    has_tumour: bool = True
+    session: int = 0  # > 0: another imaging session of the case (new noise and jitter)
 
 
 def _pick(rng: np.random.Generator, options: tuple[tuple[str, float], ...]) -> str:
@@ -111,12 +159,31 @@ def _pick(rng: np.random.Generator, options: tuple[tuple[str, float], ...]) -> s
     return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
-def plan_case(seed: int, index: int, site: SiteProfile, size: str) -> CasePlan:
-    """Draw every parameter of case ``index`` of the cohort ``seed``."""
+def plan_case(
+    seed: int, index: int, site: SiteProfile, size: str, options: CohortOptions | None = None
+) -> CasePlan:
+    """Draw every parameter of case ``index`` of the cohort ``seed``.
+
+    ``options`` draw from their own streams (``STREAM_HEAD``,
+    ``STREAM_SEGBENCH``), so without them every case is exactly as before.
+    """
+    opts = options or CohortOptions()
     spec = SIZES[size]
     clin = stream(seed, index, STREAM_CLINICAL)
     subgroup = "asymptomatic" if clin.random() < site.asymptomatic_fraction else "surgical"
     feats = draw_features(clin, site.label_model, subgroup)
+    head = 0
+    if opts.heads != (0,):
+        head = opts.heads[int(stream(seed, index, STREAM_HEAD).integers(len(opts.heads)))]
+    has_tumour = True
+    if opts.volume_range is not None or opts.tumour_free_fraction > 0:
+        bench = stream(seed, index, STREAM_SEGBENCH)
+        has_tumour = bool(bench.random() >= opts.tumour_free_fraction)
+        if opts.volume_range is not None:
+            lo, hi = opts.volume_range
+            volume = float(math.exp(bench.uniform(math.log(lo), math.log(hi))))
+            location = LOCATIONS[int(bench.integers(len(LOCATIONS)))]
+            feats = replace(feats, volume_cm3=volume, location=location)
     age = int(np.clip(round(clin.normal(57, 12)), 22, 88))
     sex = "F" if clin.random() < 0.72 else "M"
     y, m, d = site.first_study_date
@@ -127,6 +194,10 @@ def plan_case(seed: int, index: int, site: SiteProfile, size: str) -> CasePlan:
     layers = HeadLayers.draw(anat)
     vein_fraction = float(anat.uniform(0.4, 0.9))
     pose = Pose.draw(anat)
+    if head:
+        variant = head_variant(head)
+        pose = variant.fold_pose(pose)  # before the tumour: its patient volume stays as drawn
+        layers = variant.adjust_layers(layers)
 
     tum = stream(seed, index, STREAM_TUMOUR)
     side = "right" if tum.random() < 0.5 else "left"
@@ -183,6 +254,8 @@ def plan_case(seed: int, index: int, site: SiteProfile, size: str) -> CasePlan:
     if acq.random() < 0.25:
         distractors.append("t1c_thick_2d")
     evidence = None if acq.random() < 0.85 else str(acq.choice(["agent", "description"]))
+    if opts.t1c_only:
+        distractors = []
     return CasePlan(
         seed=seed,
         index=index,
@@ -217,6 +290,8 @@ def plan_case(seed: int, index: int, site: SiteProfile, size: str) -> CasePlan:
         description_variant=int(acq.integers(0, 4)),
         contrast_evidence=evidence,
         distractors=tuple(distractors),
+        head=head,
+        has_tumour=has_tumour,
     )
 
 

@@ -18,11 +18,12 @@ from ai_core.synth.acquisition import (
     point_spread,
     sample,
 )
-from ai_core.synth.anatomy import HeadModel, head_model
+from ai_core.synth.anatomy import HeadModel, head_model, paint_pituitary
 from ai_core.synth.contrast import brain_curve, build_labels, compose, label_table, paint_veins
 from ai_core.synth.dicom_enhanced import build_enhanced
 from ai_core.synth.dicom_files import write_classic, write_single
 from ai_core.synth.dicom_writer import SeriesSpec, StudyInfo, build_classic, synth_uid
+from ai_core.synth.heads import HeadVariant, head_variant
 from ai_core.synth.lesion import apply_mass_effect, build_lesion, composite
 from ai_core.synth.plan import SIZES, STREAM_ANATOMY, STREAM_NOISE, STREAM_TUMOUR, CasePlan, stream
 from ai_core.synth.truth import (
@@ -75,6 +76,7 @@ class RenderedCase:
     record: dict[str, Any]
     mask: np.ndarray  # uint8 [column, row, slice] on the T1C grid
     mask_affine: np.ndarray  # RAS
+    volume_cm3: float = 0.0  # exact true tumour volume (the record holds it rounded)
 
 
 def _series_number(vendor: str, position: int) -> int:
@@ -154,40 +156,62 @@ def _single(g: Grid, k: int) -> Grid:
     return replace(g, slices=1, origin=g.origin + k * g.slice_step * g.step_dir)
 
 
-def head_points(model: HeadModel) -> np.ndarray:
+def head_points(model: HeadModel, warp: HeadVariant | None = None) -> np.ndarray:
     """About 4000 points on the scalp surface (world RAS), for slab planning."""
     pts = np.argwhere(np.abs(model.d_skull - 8.0) < 0.6 * model.spacing)
     rng = np.random.default_rng(1)
     pick = rng.choice(len(pts), size=min(4000, len(pts)), replace=False)
-    return model.origin + model.spacing * pts[np.sort(pick)]
+    ras = model.origin + model.spacing * pts[np.sort(pick)]
+    if warp is not None and not warp.is_identity:
+        ras = warp.variant_points(ras)
+    return ras
+
+
+def _session_stream(plan: CasePlan, stream_id: int, *extra: int) -> np.random.Generator:
+    """Noise and contrast jitter: new for every imaging session of the same case."""
+    if plan.session:
+        return stream(plan.seed, plan.index, stream_id, *extra, 10_000 + plan.session)
+    return stream(plan.seed, plan.index, stream_id, *extra)
 
 
 def render_case(plan: CasePlan, out_dir: Path) -> RenderedCase:
     """Build the case's anatomy and tumour, write its study, return truth and mask."""
     model = head_model(SIZES[plan.size].world_mm)
-    head_pts = head_points(model)
+    variant = head_variant(plan.head)
+    warp = None if variant.is_identity else variant
+    head_pts = head_points(model, warp)
     anat = stream(plan.seed, plan.index, STREAM_ANATOMY, 1)
     lab = build_labels(model, plan.layers)
     paint_veins(lab, model, anat, plan.vein_fraction)
     t1 = model.t1.copy()
-    tum = stream(plan.seed, plan.index, STREAM_TUMOUR, 1)
-    geo = place_tumour(model, plan.shape, plan.layers.csf, tum)
-    apply_mass_effect(model, geo, t1, lab, plan.lesion.mass_effect)
-    maps = build_lesion(model, geo, plan.lesion, t1, lab, plan.layers.csf, tum)
+    if warp is not None:
+        t1 = warp.apply_atrophy(t1, model.brain, model.spacing)
+        warp.apply_labels(lab, model)
+        paint_pituitary(lab, model)
+    geo = maps = None
+    if plan.has_tumour:
+        tum = stream(plan.seed, plan.index, STREAM_TUMOUR, 1)
+        geo = place_tumour(model, plan.shape, plan.layers.csf, tum)
+        apply_mass_effect(model, geo, t1, lab, plan.lesion.mass_effect)
+        maps = build_lesion(model, geo, plan.lesion, t1, lab, plan.layers.csf, tum)
 
     study = _study(plan)
     kinds = [k for k in ACQUISITION_ORDER if k == "t1c_mprage" or k in plan.distractors]
     worlds: dict[str, np.ndarray] = {}
-    jit = stream(plan.seed, plan.index, STREAM_ANATOMY, 2)
+    jit = _session_stream(plan, STREAM_ANATOMY, 2)
     series_records = []
     t1c_grid: Grid | None = None
     for pos, kind in enumerate(kinds, start=1):
         contrast = CONTRAST_OF[kind]
         if contrast not in worlds:
             table = label_table(contrast, 1 + jit.normal(0, 0.04, 32).clip(-0.12, 0.12))
+            if warp is not None and contrast == "t1c":
+                for code, factor in warp.table_overrides().items():
+                    table[code] *= factor
             curve = brain_curve(contrast, float(jit.uniform(0.9, 1.1)))
             vol = compose(lab, t1, contrast, table, curve)
-            composite(vol, geo, maps, plan.lesion, contrast)
+            if geo is not None and maps is not None:
+                composite(vol, geo, maps, plan.lesion, contrast)
             worlds[contrast] = point_spread(vol, model, plan.t1c_pixel)
         grids = _grids(plan, kind, model, head_pts)
         number = _series_number(plan.vendor, pos)
@@ -205,7 +229,7 @@ def render_case(plan: CasePlan, out_dir: Path) -> RenderedCase:
             contrast_evidence=plan.contrast_evidence,
             time_offset_s=120 * pos + (600 if pos >= kinds.index("t1c_mprage") + 1 else 0),
         )
-        stack = _pixels(plan, kind, number, worlds[contrast], model, grids)
+        stack = _pixels(plan, kind, number, worlds[contrast], model, grids, warp)
         profile = spec.profile(plan.vendor)
         folder = out_dir / plan.case_id / str(number)
         if enhanced:
@@ -231,14 +255,19 @@ def render_case(plan: CasePlan, out_dir: Path) -> RenderedCase:
         if contrast not in [CONTRAST_OF[k] for k in kinds[pos:]]:
             worlds.pop(contrast, None)
     assert t1c_grid is not None
-    mask = mask_on_grid(geo, model, plan.pose, t1c_grid)
+    if geo is not None:
+        mask = mask_on_grid(geo, model, plan.pose, t1c_grid, warp)
+    else:
+        mask = np.zeros((t1c_grid.slices, t1c_grid.rows, t1c_grid.cols), dtype=np.uint8)
     voxel_cm3 = t1c_grid.row_spacing * t1c_grid.col_spacing * t1c_grid.slice_step / 1000.0
-    record = _record(plan, study, t1c_spec, t1c_grid, geo, maps, model, series_records)
+    volume = tumour_volume_cm3(geo, model, plan.pose, warp) if geo is not None else 0.0
+    record = _record(plan, study, t1c_spec, t1c_grid, geo, maps, model, series_records, warp)
     record["mask_volume_cm3"] = round(float(mask.sum()) * voxel_cm3, 4)
     return RenderedCase(
         record=record,
         mask=np.ascontiguousarray(mask.transpose(2, 1, 0)),
         mask_affine=t1c_grid.nifti_affine(),
+        volume_cm3=volume,
     )
 
 
@@ -248,10 +277,16 @@ def _orientation_name(grid: Grid) -> str:
 
 
 def _pixels(
-    plan: CasePlan, kind: str, number: int, world: np.ndarray, model: HeadModel, grids: tuple
+    plan: CasePlan,
+    kind: str,
+    number: int,
+    world: np.ndarray,
+    model: HeadModel,
+    grids: tuple,
+    warp: HeadVariant | None = None,
 ) -> np.ndarray:
-    rng = stream(plan.seed, plan.index, STREAM_NOISE, number)
-    parts = [sample(world, model, plan.pose, g) for g in grids]
+    rng = _session_stream(plan, STREAM_NOISE, number)
+    parts = [sample(world, model, plan.pose, g, warp) for g in grids]
     img = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
     apply_bias_field(img, plan.bias, rng)
     img = add_rician_noise(img, plan.noise * NOISE_FACTOR.get(kind, 1.0), rng)
@@ -278,11 +313,22 @@ def _study(plan: CasePlan) -> StudyInfo:
     )
 
 
-def _record(plan, study, spec, grid, geo, maps, model, series) -> dict[str, Any]:
+def _record(plan, study, spec, grid, geo, maps, model, series, warp=None) -> dict[str, Any]:
     f = plan.features
-    vol = tumour_volume_cm3(geo, model, plan.pose)
-    edema_index = 1.0 + maps.edema_voxels / max(geo.voxels, 1)
-    centroid = centroid_patient(geo, model, plan.pose)
+    if geo is None or maps is None:  # a tumour-free case
+        vol = diameter = necrosis_cm3 = 0.0
+        edema_index = 1.0
+        centroid: list[float] | None = None
+        location = side = "none"
+    else:
+        vol = tumour_volume_cm3(geo, model, plan.pose, warp)
+        diameter = max_diameter_mm(geo, model, plan.pose, warp)
+        edema_index = 1.0 + maps.edema_voxels / max(geo.voxels, 1)
+        centroid = [round(float(v), 2) for v in centroid_patient(geo, model, plan.pose, warp)]
+        location, side = geo.location, geo.side
+        necrosis_cm3 = maps.necrosis_voxels * model.spacing**3 * plan.pose.volume_scale / 1000
+        if warp is not None:  # scaled like the tumour (the warp's local volume change)
+            necrosis_cm3 *= vol / tumour_volume_cm3(geo, model, plan.pose)
     return {
         "case_id": plan.case_id,
         "patient_id": study.patient_id,
@@ -298,9 +344,9 @@ def _record(plan, study, spec, grid, geo, maps, model, series) -> dict[str, Any]
         "csf_cleft": f.csf_cleft,
         "capsular_enhancement": f.capsular_enhancement,
         "volume_cm3": round(vol, 4),
-        "max_diameter_mm": round(max_diameter_mm(geo, model, plan.pose), 3),
-        "location": geo.location,
-        "side": geo.side,
+        "max_diameter_mm": round(diameter, 3),
+        "location": location,
+        "side": side,
         "subgroup": f.subgroup,
         "vendor": plan.vendor,
         "orientation": plan.orientation,
@@ -312,10 +358,8 @@ def _record(plan, study, spec, grid, geo, maps, model, series) -> dict[str, Any]
         "pixel_spacing_mm": grid.row_spacing,
         "slice_thickness_mm": grid.thickness,
         "matrix": [grid.rows, grid.cols, grid.slices],
-        "necrosis_volume_cm3": round(
-            maps.necrosis_voxels * model.spacing**3 * plan.pose.volume_scale / 1000, 4
-        ),
-        "centroid_lps_mm": [round(float(v), 2) for v in centroid],
+        "necrosis_volume_cm3": round(necrosis_cm3, 4),
+        "centroid_lps_mm": centroid,
         "dural_tail": plan.lesion.dural_tail,
         "drawn": {
             "volume_cm3": round(f.volume_cm3, 4),
@@ -326,4 +370,6 @@ def _record(plan, study, spec, grid, geo, maps, model, series) -> dict[str, Any]
         "sex": plan.sex,
         "study_date": plan.study_date,
         "series": series,
+        "head": plan.head,
+        "has_tumour": plan.has_tumour,
     }
