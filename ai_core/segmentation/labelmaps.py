@@ -19,6 +19,7 @@ a set of codes: :data:`INTRACRANIAL`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -96,9 +97,23 @@ class LabelMap:
     """One head's tissue codes on the world grid, indexed ``[x, y, z]`` (RAS)."""
 
     labels: np.ndarray  # uint8
+    brain_t1: np.ndarray  # uint8 template T1 value (0..255) inside the brain, 0 elsewhere
     spacing: float
     tumour_cm3: float  # world volume of the tumour (0: tumour-free)
     location: str  # convexity | falx | skull_base | none
+
+    @functools.cached_property
+    def label_counts(self) -> np.ndarray:
+        """Voxels per code in the head (air and the brain's codes excluded), length 256."""
+        counts = np.bincount(self.labels.ravel(), minlength=256).astype(np.float64)
+        counts[[Label.AIR, SegLabel.BRAIN_CSF, SegLabel.GREY, SegLabel.WHITE]] = 0.0
+        return counts
+
+    @functools.cached_property
+    def brain_histogram(self) -> np.ndarray:
+        """Brain voxels per template T1 value 0..255."""
+        brain = np.isin(self.labels, (SegLabel.BRAIN_CSF, SegLabel.GREY, SegLabel.WHITE))
+        return np.bincount(self.brain_t1[brain], minlength=256).astype(np.float64)
 
     def lookup(self, codes: tuple[int, ...]) -> np.ndarray:
         """Boolean table over all codes: True for ``codes``."""
@@ -147,9 +162,12 @@ def build_label_map(
         view = out[box]
         view[region] = code
     out = variant.warp_label_map(out, model)
+    in_brain = np.isin(out, (SegLabel.BRAIN_CSF, SegLabel.GREY, SegLabel.WHITE))
+    brain_t1 = variant.warp_label_map(np.clip(np.rint(t1), 0, 255).astype(np.uint8), model)
+    brain_t1[~in_brain] = 0
     if tumour:  # the warp changes the volume a little; keep the map's own
         volume_cm3 = float(np.isin(out, TUMOUR_CODES).sum()) * model.spacing**3 / 1000.0
-    return LabelMap(out, model.spacing, volume_cm3, location)
+    return LabelMap(out, brain_t1, model.spacing, volume_cm3, location)
 
 
 def _tumour(

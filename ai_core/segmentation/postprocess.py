@@ -8,9 +8,12 @@ Rules, in order:
 3. weigh every remaining component as a *candidate*: its volume, its
    confidence (the ``confidence_quantile`` of the tumour probability inside
    it) and, when the network also predicts the intracranial compartment, its
-   intracranial share (mean intracranial probability over it). A candidate
-   outside the intracranial space (share < ``min_intracranial``) or below
-   ``min_confidence`` is rejected, with the reason;
+   intracranial share (mean intracranial probability over it) and its
+   distance to the dura (the nearest of its voxels to the inner surface of
+   the skull or to the falx, when the backend gives that map). A candidate
+   outside the intracranial space (share < ``min_intracranial``), away from
+   the dura (> ``max_dural_distance_mm``: a meningioma is dural-based) or
+   below ``min_confidence`` is rejected, with the reason;
 4. choose among the rest by ``select``: ``"confidence"`` (models 0.2+: the
    most confident candidate, ties by volume — a meningioma is one lesion, and
    the biggest bright blob is not the likeliest one) or ``"largest"``
@@ -55,6 +58,7 @@ class PostprocessParams:
     min_confidence: float = 0.0  # a candidate's confidence must reach this
     confidence_quantile: float = 0.9  # of the tumour probability inside a candidate
     min_intracranial: float = 0.0  # a candidate's mean intracranial probability
+    max_dural_distance_mm: float = 0.0  # nearest dura farther than this: rejected (0: off)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -67,6 +71,11 @@ class PostprocessParams:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.max_dural_distance_mm < 0:
+            raise ValueError(
+                f"max_dural_distance_mm must not be negative (0 = off), got "
+                f"{self.max_dural_distance_mm}"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PostprocessParams:
@@ -92,10 +101,12 @@ def postprocess(
     params: PostprocessParams | None = None,
     *,
     intracranial: np.ndarray | None = None,
+    dural_distance_mm: np.ndarray | None = None,
 ) -> Postprocessed:
     """Apply the module's rules; ``spacing`` is ``(x, y, z)`` mm.
 
-    ``intracranial`` (same grid, probability) enables the intracranial rule.
+    ``intracranial`` (same grid, probability) enables the intracranial rule,
+    ``dural_distance_mm`` (same grid, mm to the nearest dura) the dural rule.
     """
     params = params or PostprocessParams()
     data = np.asarray(probability_or_mask)
@@ -114,9 +125,8 @@ def postprocess(
             f"{sizes.max() * voxel_ml:.3f} mL < {params.min_component_ml} mL)",
             0,
         )
-    candidates = _weigh(
-        labels, big, sizes, voxel_ml, data if is_prob else None, intracranial, params
-    )
+    maps = CandidateMaps(data if is_prob else None, intracranial, dural_distance_mm)
+    candidates = _weigh(labels, big, sizes, voxel_ml, maps, params)
     passing = [c for c in candidates if c["rejected"] is None]
     if not passing:
         why = "; ".join(f"{c['volume_ml']:.2f} mL candidate {c['rejected']}" for c in candidates)
@@ -150,45 +160,63 @@ def postprocess(
     )
 
 
+@dataclass(frozen=True, eq=False)
+class CandidateMaps:
+    """The maps a candidate is weighed on (all on the grid of the labels; None = not given)."""
+
+    probability: np.ndarray | None
+    intracranial: np.ndarray | None
+    dural_distance_mm: np.ndarray | None
+
+
 def _weigh(
     labels: np.ndarray,
     big: np.ndarray,
     sizes: np.ndarray,
     voxel_ml: float,
-    prob: np.ndarray | None,
-    intracranial: np.ndarray | None,
+    maps: CandidateMaps,
     params: PostprocessParams,
 ) -> list[dict[str, Any]]:
-    """Volume, confidence, intracranial share and the first failed rule of each candidate."""
+    """Volume, confidence, intracranial share, dural distance and the first failed rule."""
     objects = ndi.find_objects(labels)
     out = []
     for label in big:
         box = objects[int(label) - 1]
         inside = labels[box] == label
-        confidence = (
-            float(np.quantile(prob[box][inside], params.confidence_quantile))
-            if prob is not None
-            else 1.0
-        )
-        share = float(intracranial[box][inside].mean()) if intracranial is not None else None
-        rejected = None
-        if share is not None and share < params.min_intracranial:
-            rejected = (
-                f"outside the intracranial space (share {share:.2f} < {params.min_intracranial})"
-            )
-        elif confidence < params.min_confidence:
-            rejected = f"low confidence ({confidence:.2f} < {params.min_confidence})"
+        confidence = 1.0
+        if maps.probability is not None:
+            values = maps.probability[box][inside]
+            confidence = float(np.quantile(values, params.confidence_quantile))
+        share = None if maps.intracranial is None else float(maps.intracranial[box][inside].mean())
+        dural = None
+        if maps.dural_distance_mm is not None:
+            dural = float(maps.dural_distance_mm[box][inside].min())
         out.append(
             {
                 "label": int(label),
                 "volume_ml": float(sizes[int(label) - 1]) * voxel_ml,
                 "confidence": confidence,
                 "intracranial": share,
-                "rejected": rejected,
+                "dural_distance_mm": dural,
+                "rejected": _rejection(confidence, share, dural, params),
                 "chosen": False,
             }
         )
     return out
+
+
+def _rejection(
+    confidence: float, share: float | None, dural: float | None, params: PostprocessParams
+) -> str | None:
+    """The first rule a candidate fails, in words, or None."""
+    if share is not None and share < params.min_intracranial:
+        return f"outside the intracranial space (share {share:.2f} < {params.min_intracranial})"
+    limit = params.max_dural_distance_mm
+    if dural is not None and limit and dural > limit:
+        return f"not dural-based (nearest dura {dural:.0f} mm > {limit:g} mm)"
+    if confidence < params.min_confidence:
+        return f"low confidence ({confidence:.2f} < {params.min_confidence})"
+    return None
 
 
 def _choose(passing: list[dict[str, Any]], params: PostprocessParams) -> dict[str, Any]:
@@ -200,7 +228,7 @@ def _choose(passing: list[dict[str, Any]], params: PostprocessParams) -> dict[st
 def _public(candidate: dict[str, Any]) -> dict[str, Any]:
     """A JSON-safe copy without the internal component label."""
     out = {k: v for k, v in candidate.items() if k != "label"}
-    for key in ("volume_ml", "confidence", "intracranial"):
+    for key in ("volume_ml", "confidence", "intracranial", "dural_distance_mm"):
         if out[key] is not None:
             out[key] = round(float(out[key]), 4)
     return out

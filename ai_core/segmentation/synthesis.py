@@ -5,9 +5,9 @@ crop of a :class:`~ai_core.segmentation.labelmaps.LabelMap`, spatially
 deformed (random rotation, anisotropic scale, smooth elastic displacement,
 left-right flip), then painted label by label with a random mean and spread,
 blurred by a random (possibly anisotropic) point-spread function, multiplied
-by a smooth bias field, gamma-transformed, normalised like
-:func:`ai_core.preprocess.preprocess` (robust percentile to [0, 1]) and made
-noisy. A share of samples keep a *realistic* T1C appearance (the generator's
+by a weak smooth bias field (what N4 leaves), normalised like
+:func:`ai_core.preprocess.preprocess` (the whole head's 0.5-99.5 percentiles
+to [0, 1], clipped), gamma-transformed and made noisy. A share of samples keep a *realistic* T1C appearance (the generator's
 table, jittered), so the network also sees the ordinary case; the rest are
 fully random, so brightness alone never identifies a tumour: fat, marrow,
 sinuses, vessels, choroid plexus and the pituitary are sometimes brighter,
@@ -45,8 +45,8 @@ class SynthesisParams:
     elastic_mm: float = 3.0
     blur_voxels: tuple[float, float] = (0.3, 1.0)
     p_thick: float = 0.25  # one axis blurred like a thick slice
-    bias: float = 0.3
-    gamma_sd: float = 0.25
+    bias: float = 0.15  # what N4 leaves of a bias field
+    gamma_sd: float = 0.15
     noise: tuple[float, float] = (0.0, 0.05)
 
     def __post_init__(self) -> None:
@@ -78,6 +78,23 @@ def _realistic_means(rng: np.random.Generator) -> np.ndarray:
     means[SegLabel.TAIL] = tumour * rng.uniform(0.7, 1.0)
     means[Label.AIR] = 0.0
     return means
+
+
+BRAIN_CODES = (SegLabel.BRAIN_CSF, SegLabel.GREY, SegLabel.WHITE)
+
+
+def _brain_curve(rng: np.random.Generator, realistic: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Template T1 value -> intensity: the T1C curve jittered, or random (monotone half the time)."""
+    from ai_core.synth.contrast import BRAIN_CURVES, brain_curve
+
+    if realistic:
+        xp, fp = brain_curve("t1c", float(rng.uniform(0.8, 1.2)))
+        return xp, (fp * rng.uniform(0.85, 1.15)).astype(np.float32)
+    xp = np.asarray(brain_curve("t1c")[0], dtype=np.float32)
+    fp = rng.uniform(0.0, 1.0, len(BRAIN_CURVES["t1c"])).astype(np.float32)
+    if rng.random() < 0.5:
+        fp.sort()
+    return xp, fp
 
 
 def _appearance(rng: np.random.Generator, realistic: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -153,6 +170,27 @@ def _bias(shape: tuple[int, ...], rng: np.random.Generator, amplitude: float) ->
     return np.exp(_upsample(coarse, shape[0])[0])
 
 
+def _window(lm: LabelMap, means: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> tuple[float, float]:
+    """The 0.5 and 99.5 percentiles of the *whole head's* intensities, as preprocessing takes them.
+
+    :func:`ai_core.preprocess.preprocess` maps these percentiles of the head to
+    [0, 255] and clips; a crop's own percentiles would differ (a tumour-centred
+    crop is mostly tumour), so they come from the map's voxel counts per
+    label and the brain's template-value histogram, painted with this sample's
+    appearance.
+    """
+    values = np.concatenate([means, np.interp(np.arange(256), xp, fp).astype(np.float32)])
+    weights = np.concatenate([lm.label_counts, lm.brain_histogram])
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    total = cumulative[-1]
+    if total <= 0:
+        return 0.0, 1.0
+    low = float(values[order][np.searchsorted(cumulative, 0.005 * total)])
+    high = float(values[order][min(np.searchsorted(cumulative, 0.995 * total), len(order) - 1)])
+    return low, max(high, low + 1e-3)
+
+
 def synthesise(
     lm: LabelMap, rng: np.random.Generator, params: SynthesisParams | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -166,18 +204,26 @@ def synthesise(
     centre = _centre(lm, rng, params)
     coords = _coordinates(lm, centre, rng, params)
     labels = ndi.map_coordinates(lm.labels, coords, order=0, mode="constant", cval=0)
+    t1 = ndi.map_coordinates(lm.brain_t1, coords, order=1, mode="constant", cval=0.0)
     # world [x, y, z] (R, A, S) -> the canonical [z, y, x] (S, P, L) of Reorientation
     labels = np.ascontiguousarray(labels.transpose(2, 1, 0)[:, ::-1, ::-1])
-    means, spread = _appearance(rng, bool(rng.random() < params.p_realistic))
+    t1 = np.ascontiguousarray(t1.transpose(2, 1, 0)[:, ::-1, ::-1]).astype(np.float32)
+    realistic = bool(rng.random() < params.p_realistic)
+    means, spread = _appearance(rng, realistic)
     image = means[labels] + spread[labels] * rng.standard_normal(labels.shape, dtype=np.float32)
+    brain = np.isin(labels, BRAIN_CODES)
+    xp, fp = _brain_curve(rng, realistic)
+    image[brain] = np.interp(t1[brain], xp, fp).astype(np.float32) + spread[
+        SegLabel.WHITE
+    ] * rng.standard_normal(int(brain.sum()), dtype=np.float32)
     sigma = rng.uniform(*params.blur_voxels, 3)
     if rng.random() < params.p_thick:
         sigma[int(rng.integers(3))] = rng.uniform(1.0, 2.0)
     image = ndi.gaussian_filter(image, sigma, truncate=2.5)
     image *= _bias(image.shape, rng, params.bias)
-    np.clip(image, 0.0, None, out=image)
-    top = float(np.percentile(image[image > 0.02], 99.5)) if np.any(image > 0.02) else 1.0
-    image = np.clip(image / max(top * rng.uniform(0.9, 1.1), 1e-3), 0.0, 1.0)
+    low, high = _window(lm, means, xp, fp)
+    high = low + (high - low) * rng.uniform(0.93, 1.07)
+    image = np.clip((image - low) / max(high - low, 1e-3), 0.0, 1.0)
     image **= float(np.exp(rng.normal(0.0, params.gamma_sd)))
     image += rng.normal(0.0, rng.uniform(*params.noise), image.shape).astype(np.float32)
     image = np.clip(image, 0.0, 1.0).astype(np.float32)

@@ -53,13 +53,24 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "unet.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_VERSION = "0.2.0"
-ARCHITECTURE = UNetArchitecture(
-    channels=(16, 32, 64, 128),
-    strides=(2, 2, 2),
-    num_res_units=1,
-    norm="instance",
-    activation="sigmoid",
-)
+#: ``--arch``: "base" (16-32-64-128, instance norm) or "small" (the 0.1 network's
+#: 8-16-32-64 with batch norm, which ``--init`` can warm-start from a 0.1 model).
+ARCHITECTURES = {
+    "base": UNetArchitecture(
+        channels=(16, 32, 64, 128),
+        strides=(2, 2, 2),
+        num_res_units=1,
+        norm="instance",
+        activation="sigmoid",
+    ),
+    "small": UNetArchitecture(
+        channels=(8, 16, 32, 64),
+        strides=(2, 2, 2),
+        num_res_units=1,
+        norm="batch",
+        activation="sigmoid",
+    ),
+}
 #: Post-processing of the 0.2 models: the most confident intracranial candidate.
 POSTPROCESS = PostprocessParams(
     threshold=0.5,
@@ -98,6 +109,13 @@ class TrainParams:
     tumour_free_fraction: float = 0.15
     checkpoint_every: int = 200
     intracranial_weight: float = 0.5
+    arch: str = "base"
+    init: str = ""  # a 0.1 (softmax) model folder to warm-start the "small" network from
+    roi: int = 0  # inference window edge (voxels); 0: the crop's
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,6 +235,36 @@ def _learning_rate(params: TrainParams, step: int, seconds: float) -> float:
     return params.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
 
 
+def warm_start(net: Any, folder: Path) -> None:
+    """Load a 0.1 (softmax: background, tumour) model into the two-sigmoid ``net``.
+
+    Every layer but the last is copied. The last (MONAI's top residual unit:
+    ``conv(h) + h`` on the two channels ``h``) is set so that output 0 is
+    exactly the old tumour logit minus the background logit — the old tumour
+    probability through a sigmoid — and output 1 (intracranial) starts at
+    ``h_1``; training then adapts both.
+    """
+    import torch
+
+    from ai_core.segmentation.unet import load_unet_model
+
+    old = load_unet_model(folder)
+    if old.architecture.activation != "softmax":
+        raise ValueError(f"{folder} is not a 0.1 (softmax) model; --init needs one")
+    state = torch.load(folder / old.weights_file, map_location="cpu", weights_only=True)
+    last = "model.2.1.conv.unit0.conv."
+    weight, bias = state[last + "weight"].clone(), state[last + "bias"].clone()
+    centre = tuple(k // 2 for k in weight.shape[2:])
+    new_w, new_b = torch.zeros_like(weight), torch.zeros_like(bias)
+    new_w[0] = weight[1] - weight[0]
+    new_b[0] = bias[1] - bias[0]
+    # out0 = conv0(h) + h0 must equal (W1 - W0) h + b1 - b0 + h1 - h0
+    new_w[(0, 1, *centre)] += 1.0
+    new_w[(0, 0, *centre)] -= 2.0
+    state[last + "weight"], state[last + "bias"] = new_w, new_b
+    net.load_state_dict(state)
+
+
 def _save_checkpoint(path: Path, net: Any, opt: Any, step: int, seconds: float) -> None:
     import torch
 
@@ -252,7 +300,11 @@ def train(
     )
     bank_s = time.perf_counter() - started
     log.info("%d label maps built in %.0f s", len(bank), bank_s)
-    net = ARCHITECTURE.build().to(device)
+    arch = ARCHITECTURES[params.arch]
+    net = arch.build()
+    if params.init:
+        warm_start(net, Path(params.init))
+    net = net.to(device)
     opt = torch.optim.AdamW(
         net.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
     )
@@ -327,7 +379,7 @@ def _describe(
         "name": BACKEND_NAME,
         "version": MODEL_VERSION,
         "notice": RESEARCH_ONLY,
-        "architecture": ARCHITECTURE.to_dict(),
+        "architecture": ARCHITECTURES[params.arch].to_dict(),
         "weights": WEIGHTS_FILE,
         "working_spacing_mm": params.working_mm,
         "input": (
@@ -336,7 +388,11 @@ def _describe(
             "spacing; multiplied by input_scale"
         ),
         "input_scale": 1.0 / 255.0,
-        "inference": {"roi_size": [synthesis.crop] * 3, "overlap": 0.25, "blend": "gaussian"},
+        "inference": {
+            "roi_size": [params.roi or synthesis.crop] * 3,
+            "overlap": 0.25,
+            "blend": "gaussian",
+        },
         "postprocess": asdict(POSTPROCESS),
         "intensity_reference": asdict(INTENSITY_REFERENCE),
         "training": {
@@ -385,6 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=d.arch)
+    parser.add_argument("--init", default="", help="0.1 model folder to warm-start from")
+    parser.add_argument("--roi", type=int, default=0, help="inference window (0: --crop)")
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
     s = SynthesisParams()
     parser.add_argument("--crop", type=int, default=s.crop, help=f"crop edge, voxels ({s.crop})")
     parser.add_argument(
@@ -410,6 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_minutes=args.max_minutes,
         checkpoint_every=args.checkpoint_every,
         batch_size=args.batch_size,
+        arch=args.arch,
+        init=args.init,
+        roi=args.roi,
+        learning_rate=args.learning_rate,
     )
     synthesis = replace(s, crop=args.crop, p_realistic=args.p_realistic)
     meta = train(args.out, params, resume=args.resume, synthesis=synthesis)

@@ -234,6 +234,37 @@ def to_working(
     return resample_to(canonical, target, mode="area"), reorient
 
 
+def dural_distance(intracranial: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Distance (mm) of every intracranial voxel to the nearest dura; 0 outside.
+
+    ``intracranial`` is a boolean canonical (axial LPS ``[z, y, x]``) mask.
+    The dura is the compartment's surface (the inner table, the skull base)
+    and the falx, taken as the mid-sagittal plane fitted through the centres
+    of the compartment's left-right extent, row by row (so a tilted or turned
+    head keeps its falx). Tentorium and ventricles are not dura here: a
+    lesion attached only to them is not dural-based by this rule.
+    """
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(intracranial, dtype=bool)
+    if not mask.any():
+        return np.zeros(mask.shape, dtype=np.float32)
+    surface = ndi.distance_transform_edt(mask) * spacing_mm
+    count = mask.sum(axis=2)
+    xs = np.arange(mask.shape[2], dtype=np.float64)
+    centre = (mask * xs).sum(axis=2) / np.maximum(count, 1)
+    wide = count * spacing_mm >= 60.0  # rows that cross both hemispheres
+    if wide.sum() < 3:
+        return surface.astype(np.float32)
+    z, y = np.nonzero(wide)
+    design = np.stack([np.ones(z.size), y, z], axis=1).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(design, centre[wide], rcond=None)
+    zz, yy = np.indices(mask.shape[:2], dtype=np.float64)
+    plane = coef[0] + coef[1] * yy + coef[2] * zz
+    midline = np.abs(xs[None, None, :] - plane[:, :, None]) * spacing_mm
+    return np.where(mask, np.minimum(surface, midline), 0.0).astype(np.float32)
+
+
 class UNetBackend(SegmentationBackend):
     """The bundled (or a site-trained) MONAI U-Net, on CPU or CUDA."""
 
@@ -276,6 +307,19 @@ class UNetBackend(SegmentationBackend):
 
         The intracranial map is None for a softmax (0.1.x) model, which has none.
         """
+        maps = self.maps(image_zyx, spacing, direction)
+        return maps[0], maps[1]
+
+    def maps(
+        self,
+        image_zyx: np.ndarray,
+        spacing: tuple[float, float, float],
+        direction: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Tumour probability, intracranial probability and distance to the dura (mm).
+
+        The last two are None for a softmax (0.1.x) model. All on the input grid.
+        """
         import torch
         from monai.inferers import sliding_window_inference
 
@@ -295,17 +339,20 @@ class UNetBackend(SegmentationBackend):
             assert isinstance(logits, torch.Tensor)
             if model.architecture.activation == "sigmoid":
                 maps = torch.sigmoid(logits.float())[0].cpu().numpy()
-                channels = [maps[0], maps[1]]
+                dural = dural_distance(maps[1] >= 0.5, model.working_spacing_mm)
+                channels = [maps[0], maps[1], dural]
             else:
                 channels = [torch.softmax(logits.float(), dim=1)[0, TUMOUR_CHANNEL].cpu().numpy()]
         canonical_shape = reorient.forward(np.empty(image_zyx.shape, dtype=np.uint8)).shape
         out = [
-            np.clip(
-                reorient.backward(resample_to(c, canonical_shape, mode="trilinear")), 0, 1
-            ).astype(np.float32)
+            reorient.backward(resample_to(c, canonical_shape, mode="trilinear")).astype(np.float32)
             for c in channels
         ]
-        return out[0], (out[1] if len(out) > 1 else None)
+        for probability in out[:2]:
+            np.clip(probability, 0.0, 1.0, out=probability)
+        if len(out) == 1:
+            return out[0], None, None
+        return out[0], out[1], out[2]
 
     def probability(
         self,
@@ -336,8 +383,14 @@ class UNetBackend(SegmentationBackend):
                     self.name,
                     self.version,
                 )
-        prob, intracranial = self.probabilities(image_zyx, spacing, direction)
-        post = postprocess(prob, spacing, self.model.postprocess, intracranial=intracranial)
+        prob, intracranial, dural = self.maps(image_zyx, spacing, direction)
+        post = postprocess(
+            prob,
+            spacing,
+            self.model.postprocess,
+            intracranial=intracranial,
+            dural_distance_mm=dural,
+        )
         return SegmentationResult(
             post.mask, prob, post.status, post.reason, self.name, self.version, post.candidates
         )
