@@ -3,7 +3,7 @@
 Main process: DICOM listener threads, the intake loop (completeness,
 decisions), the HTTP status server, the worker supervisor, the delivery
 threads that send the outbox to the destinations and the scheduler
-(:mod:`daemon.scheduler`: follow-up flagging, overdue check, spool retention). Inference runs
+(:mod:`daemon.followup.scheduler`: follow-up flagging, overdue check, spool retention). Inference runs
 in worker child processes only; torch is never imported here, so a crashing
 or out-of-memory worker never stops intake from the PACS.
 
@@ -26,21 +26,21 @@ import pydicom
 from sqlalchemy import Engine, select
 
 from daemon import DISCLAIMER, __version__
-from daemon.completeness import CompletenessTracker, receiving_series, sweep
 from daemon.db.engine import make_engine, make_sessionmaker, migrate, ping
 from daemon.db.models import Instance, Job, QuarantinedInstance, Series, SeriesDecision
-from daemon.decisions import decide, undecided
-from daemon.delivery import DeliveryService
-from daemon.http import StatusServer
-from daemon.ingest import IngestStore
-from daemon.jobs import JobQueue
-from daemon.listener import Listener
-from daemon.notify import SystemdNotifier, Watchdog
-from daemon.outbox import RESULTS_DIRNAME, remove_stale_parts
-from daemon.scheduler import NodeScheduler
+from daemon.delivery.outbox import RESULTS_DIRNAME, remove_stale_parts
+from daemon.delivery.service import DeliveryService
+from daemon.dicom.listener import Listener
+from daemon.followup.scheduler import NodeScheduler
+from daemon.intake.completeness import CompletenessTracker, receiving_series, sweep
+from daemon.intake.decisions import decide, undecided
+from daemon.intake.ingest import IngestStore
+from daemon.intake.spool import Spool
+from daemon.jobs.queue import JobQueue
+from daemon.jobs.workers import WorkerSupervisor
+from daemon.ops.http import StatusServer
+from daemon.ops.notify import SystemdNotifier, Watchdog
 from daemon.settings import Settings
-from daemon.spool import Spool
-from daemon.workers import WorkerSupervisor
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ def test_import_directions(package: str, forbidden: tuple[str, ...]) -> None:
 
 def test_serving_process_does_not_import_torch() -> None:
     code = (
-        "import sys, daemon.serve, daemon.listener, daemon.http, daemon.cli;"
+        "import sys, daemon.serve, daemon.dicom.listener, daemon.ops.http, daemon.cli;"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import AuditEvent, OutboxItem
-from daemon.delivery import AUDIT_OUTBOX_FAILED, DeliveryService
+from daemon.delivery.outbox import DELIVERED, FAILED, PENDING, stage_results
+from daemon.delivery.service import AUDIT_OUTBOX_FAILED, DeliveryService
 from daemon.destinations import Destination
-from daemon.outbox import DELIVERED, FAILED, PENDING, stage_results
 from daemon.settings import Settings
 from tests.conftest import free_port, with_destinations
 from tests.factories import make_mr_series

@@ -10,16 +10,16 @@ import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 
-from daemon.association import file_meta
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import Instance, Job, QuarantinedInstance, Series, SeriesDecision
-from daemon.decisions import decide
-from daemon.dimse_status import Status
-from daemon.ingest import IngestStore
-from daemon.jobs import JobQueue
+from daemon.dicom.association import file_meta
+from daemon.dicom.dimse_status import Status
+from daemon.intake.decisions import decide
+from daemon.intake.ingest import IngestStore
+from daemon.intake.spool import Spool
+from daemon.jobs.queue import JobQueue
 from daemon.serve import enqueue_missing_jobs, reconcile_spool
 from daemon.settings import FilterSettings
-from daemon.spool import Spool
 from tests.factories import make_mr_series
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import AuditEvent, Job, Series, Study
-from daemon.jobs import (
+from daemon.jobs.queue import (
     AUDIT_JOB_FAILED,
     AUDIT_JOB_RETRY,
     DONE,

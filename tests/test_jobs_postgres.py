@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.jobs import DONE
-from daemon.workers import WorkerSupervisor
+from daemon.jobs.queue import DONE
+from daemon.jobs.workers import WorkerSupervisor
 from tests.test_jobs import (  # noqa: F401 - fixtures and tests collected again here
     engine,
     make_queue,

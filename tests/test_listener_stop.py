@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from daemon.dimse_status import Status
-from daemon.ul_pdu import PDU_ABORT
+from daemon.dicom.dimse_status import Status
+from daemon.dicom.ul_pdu import PDU_ABORT
 from tests.listener_harness import (  # noqa: F401 - fixtures
     MR_STORAGE,
     NodeUnderTest,

@@ -18,9 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import OutboxItem
-from daemon.destinations import Destination
-from daemon.errors import JobError
-from daemon.outbox import (
+from daemon.delivery.outbox import (
     DEFAULT_DESTINATION,
     PENDING,
     checked_uid,
@@ -28,8 +26,10 @@ from daemon.outbox import (
     remove_stale_parts,
     stage_results,
 )
+from daemon.destinations import Destination
+from daemon.errors import JobError
+from daemon.ops.status import collect_status
 from daemon.settings import Settings
-from daemon.status import collect_status
 from tests.conftest import with_destinations
 from tests.factories import make_mr_series
 
@@ -125,7 +125,7 @@ def test_the_first_version_of_a_uid_is_kept(
     node: tuple[Settings, sessionmaker[Session]], caplog: pytest.LogCaptureFixture
 ) -> None:
     settings, sm = node
-    caplog.set_level("INFO", logger="daemon.outbox")
+    caplog.set_level("INFO", logger="daemon.delivery.outbox")
     first = results(1)
     staged = stage_results(settings, sm, None, first, now=T0)
     original = (settings.data_dir / staged[0].relpath).read_bytes()

@@ -26,15 +26,15 @@ from daemon.db.models import (
     Study,
     StudyCharacteristics,
 )
-from daemon.jobs import DONE, QUEUED, JobQueue
-from daemon.reanalysis import (
+from daemon.intake.reanalysis import (
     handle_received_seg,
     latest_received_seg,
     previous_sr,
     requeue_series,
 )
+from daemon.intake.spool import Spool
+from daemon.jobs.queue import DONE, QUEUED, JobQueue
 from daemon.settings import Settings
-from daemon.spool import Spool
 
 STUDY = "1.2.826.0.1.3680043.10.99.1"
 T1C = "1.2.826.0.1.3680043.10.99.1.1"

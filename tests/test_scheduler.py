@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from daemon.db.engine import make_engine, migrate
 from daemon.db.models import AuditEvent, FollowupEntry, Instance, Job, OutboxItem, Series, Study
-from daemon.scheduler import (
+from daemon.followup.scheduler import (
     FIRST_RUN_DELAY,
     JOB_FOLLOWUP_DUE,
     JOB_FOLLOWUP_OVERDUE,
@@ -28,9 +28,9 @@ from daemon.scheduler import (
     purge_spool,
     retention_job,
 )
+from daemon.followup.surveillance import record_finding
+from daemon.intake.spool import Spool
 from daemon.settings import Settings
-from daemon.spool import Spool
-from daemon.surveillance import record_finding
 from tests.test_surveillance import BASE, CFG
 
 T0 = dt.datetime(2030, 1, 1, 8, 0, tzinfo=dt.UTC)
@@ -65,7 +65,7 @@ def test_restart_keeps_the_schedule(node_settings: Settings) -> None:
         assert second.next_run_times() == before
         job = second.apscheduler.get_job(JOB_FOLLOWUP_DUE)
         assert (job.coalesce, job.misfire_grace_time) == (True, 3600)
-        assert job.func_ref == "daemon.scheduler:followup_flagging_job"
+        assert job.func_ref == "daemon.followup.scheduler:followup_flagging_job"
     finally:
         second.stop()
 

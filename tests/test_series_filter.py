@@ -13,8 +13,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from ai_core.synth.vendors import VENDORS, description_variants
-from daemon.headers import extract_header
-from daemon.series_filter import CHECKS, SeriesDecision, decide_series
+from daemon.intake.headers import extract_header
+from daemon.intake.series_filter import CHECKS, SeriesDecision, decide_series
 from daemon.settings import FilterSettings
 from tests.factories import make_mr_series, make_study
 

@@ -1,7 +1,7 @@
 """Worker processes under their supervisor: real jobs, crashes, hangs, SIGTERM, a dead parent.
 
 The job functions below are imported by the spawned workers by name
-(``tests.test_workers:...``), exactly as the product's ``daemon.pipeline:run_job``.
+(``tests.test_workers:...``), exactly as the product's ``daemon.jobs.pipeline:run_job``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import AuditEvent, Instance, Job, Series, Study
-from daemon.jobs import DONE, FAILED, QUEUED, RUNNING, ClaimedJob, JobQueue, JobRunner, QueueFactory
+from daemon.intake.spool import Spool
+from daemon.jobs.queue import (
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    ClaimedJob,
+    JobQueue,
+    JobRunner,
+    QueueFactory,
+)
+from daemon.jobs.workers import WorkerOptions, WorkerSupervisor, host_prefix, resolve_target
 from daemon.settings import Settings
-from daemon.spool import Spool
-from daemon.workers import WorkerOptions, WorkerSupervisor, host_prefix, resolve_target
 from tests.test_volume import COLS, ROWS, write_classic
 
 FAST = WorkerOptions(idle_poll_seconds=0.1, heartbeat_seconds=0.5, restart_backoff_seconds=0.2)
@@ -334,7 +343,7 @@ def test_worker_gives_back_its_job_and_exits_when_the_supervisor_dies(
     script = (
         "import sys, time, json\n"
         "from daemon.settings import load_settings\n"
-        "from daemon.workers import WorkerOptions, WorkerSupervisor\n"
+        "from daemon.jobs.workers import WorkerOptions, WorkerSupervisor\n"
         "sup = WorkerSupervisor(load_settings(None), n_workers=1, job_target='tests.test_workers:hang',\n"
         "    options=WorkerOptions(idle_poll_seconds=0.1, heartbeat_seconds=0.5))\n"
         "sup.start()\n"
@@ -364,11 +373,11 @@ def test_worker_gives_back_its_job_and_exits_when_the_supervisor_dies(
 
 
 def test_resolve_target_finds_the_pipeline() -> None:
-    from daemon.pipeline import run_job
+    from daemon.jobs.pipeline import run_job
 
-    assert resolve_target("daemon.pipeline:run_job") is run_job
+    assert resolve_target("daemon.jobs.pipeline:run_job") is run_job
     with pytest.raises(AttributeError, match="no_such_function"):
-        resolve_target("daemon.pipeline:no_such_function")
+        resolve_target("daemon.jobs.pipeline:no_such_function")
 
 
 def test_start_recovers_jobs_left_running_on_this_host(make_env: Callable[..., Env]) -> None:
@@ -388,7 +397,7 @@ def test_start_recovers_jobs_left_running_on_this_host(make_env: Callable[..., E
     assert env.job(other).state == RUNNING  # another node's worker: not ours to recover
 
 
-# -- daemon.pipeline.run_job in-process: how failures are classified ---------------------
+# -- daemon.jobs.pipeline.run_job in-process: how failures are classified ---------------------
 def _claimed(env: Env, series_id: int) -> ClaimedJob:
     env.queue.enqueue(series_id, 0)
     job = env.queue.claim("inline")
@@ -420,7 +429,7 @@ def test_run_job_refuses_damaged_spool_without_retry(
     message: str,
 ) -> None:
     from daemon.errors import JobError
-    from daemon.pipeline import run_job
+    from daemon.jobs.pipeline import run_job
 
     env = make_env()
     paths = write_classic(tmp_path / "s", n=4)
@@ -436,7 +445,7 @@ def test_run_job_retries_io_errors(
 ) -> None:
     import errno
 
-    import daemon.pipeline as pipeline
+    import daemon.jobs.pipeline as pipeline
     from daemon.errors import JobError
 
     def io_error(_paths: object) -> None:
@@ -453,9 +462,9 @@ def test_run_job_retries_io_errors(
 def test_run_job_fails_without_retry_when_an_output_cannot_be_built(
     make_env: Callable[..., Env], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import daemon.chain as chain
+    import daemon.jobs.chain as chain
     from daemon.errors import JobError
-    from daemon.pipeline import run_job
+    from daemon.jobs.pipeline import run_job
     from dicom_out.context import OutputError
 
     def unsupported(*_args: object, **_kwargs: object) -> None:
@@ -476,7 +485,7 @@ def test_run_job_on_a_purged_series_asks_for_it_again(
 
     from daemon.db.models import utcnow
     from daemon.errors import JobError
-    from daemon.pipeline import run_job
+    from daemon.jobs.pipeline import run_job
 
     env = make_env()
     job = _claimed(env, env.add_series(write_classic(tmp_path / "s", n=3), "1.2.826.0.9.4"))

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from daemon import DISCLAIMER
-from daemon.cli_args import add_workers_option, positive_int
+from daemon.cli.common import add_workers_option, positive_int, setup_logging
 
 
 def cmd_growth_analysis(args: argparse.Namespace) -> int:
-    from daemon.cli import setup_logging
 
     setup_logging("DEBUG" if args.debug else "INFO")
     from ai_core.evaluation.survival_report import PAPER, run_growth_analysis

@@ -7,7 +7,7 @@ are closed), a socket timeout per read, and a hard deadline per connection
 enforced by the serving loop. Responses carry counts and reasons, never
 patient data, except ``/api/followups`` (the follow-up list, read-only: it
 names patients, which is why ``http.bind`` defaults to 127.0.0.1). Database reads go through a separate read engine
-(:func:`daemon.status.make_read_engine`), so a scrape never takes SQLite's
+(:func:`daemon.ops.status.make_read_engine`), so a scrape never takes SQLite's
 write lock and a broken database only turns ``ki67node_database_up`` to 0.
 """
 
@@ -33,9 +33,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from daemon import __version__
 from daemon.errors import DatabaseError
-from daemon.metrics import REGISTRY, DatabaseCollector
+from daemon.followup.queries import followup_report
+from daemon.ops.metrics import REGISTRY, DatabaseCollector
+from daemon.ops.status import collect_status, database_missing, make_read_engine
 from daemon.settings import Settings
-from daemon.status import collect_status, make_read_engine
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,7 @@ class StatusServer:
         return collect_status(self.settings, self._engine)
 
     def followups_report(self, due_before: dt.date | None) -> dict[str, Any]:
-        """The follow-up list (:func:`daemon.cli_followups.followup_report`) on the read engine."""
-        from daemon.cli_followups import database_missing, followup_report
-
+        """The follow-up list (:func:`daemon.followup.queries.followup_report`) on the read engine."""
         if database_missing(self.settings):
             return followup_report(None, due_before=due_before)  # never create it here
         if self._engine is None:

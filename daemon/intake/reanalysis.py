@@ -30,8 +30,8 @@ from daemon.db.models import (
     SeriesDecision,
     utcnow,
 )
-from daemon.jobs import DONE, JobQueue
-from daemon.spool import Spool
+from daemon.intake.spool import Spool
+from daemon.jobs.queue import DONE, JobQueue
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Worker processes and their supervisor (the local :class:`~daemon.jobs.JobRunner`).
+"""Worker processes and their supervisor (the local :class:`~daemon.jobs.queue.JobRunner`).
 
 Workers are started with the ``spawn`` context: a fresh interpreter that
 inherits no listener socket, no database connection and no lock, and may
@@ -34,12 +34,12 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from daemon.errors import JobError
-from daemon.jobs import ClaimedJob, JobLostError, JobQueue, QueueFactory
+from daemon.jobs.queue import ClaimedJob, JobLostError, JobQueue, QueueFactory
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_JOB_TARGET = "daemon.pipeline:run_job"
+DEFAULT_JOB_TARGET = "daemon.jobs.pipeline:run_job"
 EXIT_OK = 0
 EXIT_PARENT_GONE = 3
 EXIT_DB_ERROR = 4

@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from daemon.ul_pdu import ProtocolError
+from daemon.dicom.ul_pdu import ProtocolError
 
 TAG_AFFECTED_SOP_CLASS = 0x00000002
 TAG_COMMAND_FIELD = 0x00000100

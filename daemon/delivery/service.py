@@ -16,7 +16,7 @@ each SOP Instance UID once. Time is injected (``deliver_due(now=...)``) so
 tests need no sleeping.
 
 The senders (one per destination type: C-STORE, folder, STOW-RS) live in
-:mod:`daemon.senders`.
+:mod:`daemon.delivery.senders`.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.models import AuditEvent, OutboxItem, utcnow
+from daemon.delivery.outbox import DELIVERED, FAILED, PENDING, destinations_of
+from daemon.delivery.senders import Sender, SendItem, SendResult, make_sender
 from daemon.destinations import Destination
 from daemon.errors import SendError
-from daemon.outbox import DELIVERED, FAILED, PENDING, destinations_of
-from daemon.senders import Sender, SendItem, SendResult, make_sender
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)

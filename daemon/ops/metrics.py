@@ -3,7 +3,7 @@
 Counters live in one registry, named here once. Gauges that describe the
 database (jobs by state, series by decision, outbox backlog, stage latencies)
 are read at scrape time by :class:`DatabaseCollector`, which the HTTP status
-server (``daemon.http``) registers in its own registry next to this one.
+server (``daemon.ops.http``) registers in its own registry next to this one.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ StatusSource = Callable[[], Mapping[str, Any]]
 
 
 class DatabaseCollector(Collector):
-    """Turns the status report (``daemon.status``) into gauges at scrape time.
+    """Turns the status report (``daemon.ops.status``) into gauges at scrape time.
 
     ``source`` returns the report or raises; a failing database never fails
     the scrape, it sets ``ki67node_database_up`` to 0 and yields nothing else

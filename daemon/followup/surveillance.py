@@ -11,7 +11,7 @@ volume doubling time), the patient's open follow-up entry is closed
 ``followup.max_diameter_mm`` and asymptomatic), the next entry is created with
 a due date by risk group. :func:`status_at` is the one rule for scheduled /
 due / overdue; the scheduler's jobs persist its result
-(:func:`daemon.scheduler.flag_due`, :func:`daemon.scheduler.flag_overdue`).
+(:func:`daemon.followup.scheduler.flag_due`, :func:`daemon.followup.scheduler.flag_overdue`).
 Everything here takes ``now``; nothing reads the clock.
 Patient IDs are stored for matching, never logged or put into notes.
 """

@@ -23,12 +23,12 @@ from pydicom.charset import convert_encodings, decode_bytes
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from daemon import metrics
-from daemon.dataset_check import ScanResult, scan_file
 from daemon.db.models import AuditEvent, Instance, QuarantinedInstance, Series, Study, utcnow
-from daemon.dimse_status import Status
+from daemon.dicom.dimse_status import Status
 from daemon.errors import InvalidInstanceError, SpoolError
-from daemon.spool import Spool, SpoolTemp, sha256_file
+from daemon.intake.dataset_check import ScanResult, scan_file
+from daemon.intake.spool import Spool, SpoolTemp, sha256_file
+from daemon.ops import metrics
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ They share one small protocol, :class:`Sender`: :class:`DicomSender`
 (C-STORE), :class:`FolderSender` (atomic copies) and :class:`StowSender`
 (DICOMweb STOW-RS). A sender only sends and reports a :class:`SendResult` per
 attempted file; claiming rows, retries and give-up are
-:class:`daemon.delivery.DeliveryService`'s.
+:class:`daemon.delivery.service.DeliveryService`'s.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
+from daemon.delivery.outbox import publish_bytes, uid_path
 from daemon.destinations import Destination
 from daemon.errors import SendError
-from daemon.outbox import publish_bytes, uid_path
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)

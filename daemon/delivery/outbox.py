@@ -8,7 +8,7 @@ checked before they become path parts. A file under a given SOP Instance UID
 never changes once written: staging the same UID again keeps the first file
 (whatever the new bytes), so every destination and every retry receives the
 same object, and the unique (destination, SOP Instance UID) constraint makes a
-retried job insert nothing new. :mod:`daemon.delivery` sends the rows.
+retried job insert nothing new. :mod:`daemon.delivery.service` sends the rows.
 
 With no ``[[destinations]]`` configured, results go to the folder destination
 :data:`DEFAULT_DESTINATION` (``<data_dir>/outbox``).

@@ -1,7 +1,7 @@
 """What the node is doing, read from the database: ``ki67node status`` and ``/api/status``.
 
 The report is a plain JSON-able dict, built by one function and shared by the
-CLI, the HTTP status server and the Prometheus collector (``daemon.metrics``).
+CLI, the HTTP status server and the Prometheus collector (``daemon.ops.metrics``).
 Reads go through a *read engine* (:func:`make_read_engine`): for SQLite it is
 ``query_only`` and never issues ``BEGIN IMMEDIATE``, so a status query or a
 scrape never takes the write lock the listener needs. A missing database is
@@ -33,9 +33,9 @@ from daemon.db.models import (
     SeriesDecision,
     Study,
 )
+from daemon.delivery.outbox import FAILED as OUTBOX_FAILED
+from daemon.delivery.outbox import PENDING as OUTBOX_PENDING
 from daemon.errors import DatabaseError
-from daemon.outbox import FAILED as OUTBOX_FAILED
-from daemon.outbox import PENDING as OUTBOX_PENDING
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,12 @@ def _sqlite_path(url: str) -> Path | None:
         return None
     raw = url.removeprefix("sqlite:///").split("?", 1)[0]
     return Path(raw) if raw and raw != ":memory:" else None
+
+
+def database_missing(settings: Settings) -> bool:
+    """True when the SQLite database file does not exist yet (read commands never create it)."""
+    path = _sqlite_path(settings.database_url)
+    return path is not None and not path.is_file()
 
 
 def make_read_engine(settings: Settings) -> Engine:

@@ -2,7 +2,7 @@
 
 One attempt: read the series' instances from the spool and build the 3D
 volume (decoding never happens in the listener), then the shared chain
-(:mod:`daemon.chain`: image pipeline, Transformer, SEG / heatmap SCs / SR),
+(:mod:`daemon.jobs.chain`: image pipeline, Transformer, SEG / heatmap SCs / SR),
 then stage the objects and their outbox rows for delivery. What the
 radiologist gave (the four characteristics, a corrected SEG) is looked up
 here; an earlier revision's SR becomes the new SR's predecessor. Output UIDs
@@ -29,11 +29,16 @@ from ai_core.model.inputs import Characteristics
 from ai_core.volume import Volume, load_series
 from daemon.db.models import Instance, Series, Study, StudyCharacteristics, utcnow
 from daemon.errors import JobError, SpoolError
-from daemon.jobs import ClaimedJob
-from daemon.reanalysis import latest_received_seg, previous_sr
+from daemon.followup.surveillance import (
+    Finding,
+    SurveillanceError,
+    SurveillanceOutcome,
+    record_finding,
+)
+from daemon.intake.reanalysis import latest_received_seg, previous_sr
+from daemon.intake.spool import Spool
+from daemon.jobs.queue import ClaimedJob
 from daemon.settings import FollowupSettings, Settings
-from daemon.spool import Spool
-from daemon.surveillance import Finding, SurveillanceError, SurveillanceOutcome, record_finding
 from dicom_out.context import OutputError, Predecessor, PriorComparison
 
 if TYPE_CHECKING:  # torch-free at import: the serving process imports this module's names
@@ -65,8 +70,8 @@ def run_job(
     Raises :class:`JobError` with ``retryable=False`` for bad data (retrying
     cannot help) and ``retryable=True`` for transient problems.
     """
-    from daemon.chain import ChainRequest, run_chain  # torch: worker processes only
-    from daemon.outbox import stage_results
+    from daemon.delivery.outbox import stage_results
+    from daemon.jobs.chain import ChainRequest, run_chain  # torch: worker processes only
 
     timings: dict[str, float] = {}
     spool = Spool(settings.spool_dir)

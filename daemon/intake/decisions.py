@@ -5,7 +5,7 @@ every instance from the spool (headers only, no pixel data), summarises them,
 asks the series filter, records the decision with its reason and, for a
 qualifying series, enqueues one job for this revision of the series. A
 radiologist's SEG series is not analysed itself: it queues a re-run of the
-series it segments (:mod:`daemon.reanalysis`).
+series it segments (:mod:`daemon.intake.reanalysis`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import pydicom
 from sqlalchemy import Engine, insert, select, update
 
 from daemon.db.models import AuditEvent, Instance, Series, SeriesDecision, Study, utcnow
-from daemon.headers import extract_header
-from daemon.jobs import JobQueue
-from daemon.reanalysis import handle_received_seg, is_seg_series
-from daemon.series_filter import SeriesDecision as FilterDecision
-from daemon.series_filter import decide_series
+from daemon.intake.headers import extract_header
+from daemon.intake.reanalysis import handle_received_seg, is_seg_series
+from daemon.intake.series_filter import SeriesDecision as FilterDecision
+from daemon.intake.series_filter import decide_series
+from daemon.intake.spool import Spool
+from daemon.jobs.queue import JobQueue
 from daemon.settings import FilterSettings
-from daemon.spool import Spool
 
 log = logging.getLogger(__name__)
 

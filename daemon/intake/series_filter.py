@@ -1,6 +1,6 @@
 """The series filter: is this series a contrast-enhanced 3D MP-RAGE (T1C)?
 
-Decided from the header summaries (:func:`daemon.headers.extract_header`) of
+Decided from the header summaries (:func:`daemon.intake.headers.extract_header`) of
 all instances of one series, not from the SeriesDescription alone (DESIGN §4):
 
 1. MR image storage (MR, Enhanced MR, Legacy Converted Enhanced MR), Modality MR;
@@ -33,7 +33,7 @@ from typing import Any
 
 from pydicom.uid import UID
 
-from daemon.headers import slice_geometry
+from daemon.intake.headers import slice_geometry
 from daemon.settings import FilterSettings
 
 MR_STORAGE_CLASSES = frozenset(
@@ -160,7 +160,7 @@ def _geometry(headers: list[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _check_storage(s: _Series) -> _Check:
     unreadable = [str(h["unreadable"]) for h in s.headers if "unreadable" in h]
-    if unreadable:  # daemon.decisions marks headers it could not read this way
+    if unreadable:  # daemon.intake.decisions marks headers it could not read this way
         return _fail(unreadable, f"unreadable instance header ({unreadable[0][:80]})")
     classes = sorted({str(h.get("SOPClassUID")) for h in s.headers if h.get("SOPClassUID")})
     others = [c for c in classes if c not in MR_STORAGE_CLASSES]

@@ -1,7 +1,7 @@
 """One series in, the DICOM objects for the PACS out: image pipeline →
 Transformer → SEG / heatmap SCs / SR.
 
-The single code path behind the daemon's job (:mod:`daemon.pipeline`) and
+The single code path behind the daemon's job (:mod:`daemon.jobs.pipeline`) and
 ``ki67node process``. It imports torch (through ai_core), so it only ever runs
 in worker processes or the offline command, never in the serving process.
 The segmentation backend and the model are loaded once per process.

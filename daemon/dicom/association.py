@@ -15,8 +15,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from daemon import metrics
-from daemon.dimse import (
+from daemon.dicom.dimse import (
     C_ECHO_RQ,
     C_STORE_RQ,
     MAX_COMMAND_BYTES,
@@ -28,11 +27,8 @@ from daemon.dimse import (
     generic_failure_response,
     store_response,
 )
-from daemon.dimse_status import Status, is_failure
-from daemon.errors import SpoolError
-from daemon.ingest import IngestStore, valid_uid
-from daemon.spool import Spool, SpoolTemp
-from daemon.ul_pdu import (
+from daemon.dicom.dimse_status import Status, is_failure
+from daemon.dicom.ul_pdu import (
     ABORT_SOURCE_USER,
     APPLICATION_CONTEXT,
     PC_ABSTRACT_NOT_SUPPORTED,
@@ -60,6 +56,10 @@ from daemon.ul_pdu import (
     parse_associate_rq,
     unpack_header,
 )
+from daemon.errors import SpoolError
+from daemon.intake.ingest import IngestStore, valid_uid
+from daemon.intake.spool import Spool, SpoolTemp
+from daemon.ops import metrics
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import DISCLAIMER
-from daemon.cli_args import add_workers_option, positive_int
+from daemon.cli.common import add_workers_option, positive_int, setup_logging
 
 log = logging.getLogger("ki67node")
 
@@ -89,7 +89,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from daemon.cli import setup_logging
 
     setup_logging("DEBUG" if args.debug else "INFO")
     from ai_core.model.fit import train_bundle
@@ -127,7 +126,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from daemon.cli import setup_logging
 
     setup_logging("DEBUG" if args.debug else "INFO")
     from ai_core.evaluation.protocol import (

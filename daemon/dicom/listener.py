@@ -23,18 +23,14 @@ from pydicom.uid import (
 )
 from pynetdicom.presentation import AllStoragePresentationContexts
 
-from daemon import metrics
-from daemon.association import (
+from daemon.dicom.association import (
     MAX_ASSOCIATE_RQ_BYTES,
     VERIFICATION,
     AcceptorAssociation,
     AcceptorConfig,
     PeerGone,
 )
-from daemon.ingest import IngestStore
-from daemon.settings import Settings
-from daemon.spool import Spool
-from daemon.ul_pdu import (
+from daemon.dicom.ul_pdu import (
     PDU_ASSOCIATE_RQ,
     RJ_PRESENTATION_LIMIT,
     RJ_SOURCE_PRESENTATION,
@@ -43,6 +39,10 @@ from daemon.ul_pdu import (
     encode_associate_rj,
     unpack_header,
 )
+from daemon.intake.ingest import IngestStore
+from daemon.intake.spool import Spool
+from daemon.ops import metrics
+from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ replaced by id (``replace_existing``) so new arguments apply. Missed runs
 
 The completeness sweep and the outbox delivery do NOT run here: they need a
 sub-second cadence and run in their own loops (``Node.run`` in
-:mod:`daemon.serve`, the delivery threads in :mod:`daemon.delivery`).
+:mod:`daemon.serve`, the delivery threads in :mod:`daemon.delivery.service`).
 
 The job store pickles each job's function reference and arguments, so the
 functions are module-level and take one picklable :class:`JobContext`. Each
@@ -36,11 +36,11 @@ from sqlalchemy.orm import Session
 
 from daemon.db.engine import make_engine
 from daemon.db.models import AuditEvent, FollowupEntry, Instance, Job, OutboxItem, Series, utcnow
-from daemon.jobs import DONE as JOB_DONE
-from daemon.outbox import DELIVERED
+from daemon.delivery.outbox import DELIVERED
+from daemon.followup.surveillance import AUDIT_OVERDUE, DUE, OVERDUE, SCHEDULED, status_at
+from daemon.intake.spool import Spool
+from daemon.jobs.queue import DONE as JOB_DONE
 from daemon.settings import FollowupSettings, Settings
-from daemon.spool import Spool
-from daemon.surveillance import AUDIT_OVERDUE, DUE, OVERDUE, SCHEDULED, status_at
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``ki67node process`` (the pipeline offline on a folder) and ``ki67node
 characteristics`` (the radiologist's four characteristics → amended SR).
 
-``process`` runs the same code as the daemon's job (:mod:`daemon.chain`,
+``process`` runs the same code as the daemon's job (:mod:`daemon.jobs.chain`,
 same series filter, same builders) and writes the SEG / SC / SR files into
 ``--out`` as ``<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` plus
 ``summary.json``. Exit 0 when at least one T1C series was processed, 3 when
@@ -11,11 +11,9 @@ none qualified, 1 when series qualified but none could be processed.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,15 @@ from typing import Any
 from ai_core.errors import AiCoreError
 from ai_core.model.inputs import Characteristics, parse_bool
 from daemon import DISCLAIMER
+from daemon.cli.common import current_user, load_config, setup_logging
+from daemon.db.engine import make_engine, migrate
+from daemon.db.models import Series, Study, StudyCharacteristics, utcnow
 from daemon.errors import NodeError
+from daemon.intake.headers import extract_header
+from daemon.intake.ingest import valid_uid
+from daemon.intake.reanalysis import requeue_series
+from daemon.intake.series_filter import decide_series
+from daemon.jobs.queue import QueueFactory
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +103,6 @@ def scan_folder(folder: Path) -> tuple[dict[str, _Series], int]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from daemon.headers import extract_header
-
     series: dict[str, _Series] = {}
     skipped = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -115,7 +119,6 @@ def scan_folder(folder: Path) -> tuple[dict[str, _Series], int]:
 
 
 def _write(datasets: list[Any], out: Path) -> list[str]:
-    from daemon.ingest import valid_uid
 
     written = []
     for ds in datasets:
@@ -168,12 +171,10 @@ def _sop_uid(path: Path) -> str:
 def cmd_process(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from daemon.chain import ChainRequest, run_chain
-    from daemon.cli import _load, setup_logging
-    from daemon.series_filter import decide_series
+    from daemon.jobs.chain import ChainRequest, run_chain
     from dicom_out.context import OutputError
 
-    settings = _load(args)
+    settings = load_config(args)
     setup_logging("WARNING" if not args.debug else "DEBUG")
     folder, out = Path(args.dicom_dir), Path(args.out)
     if not folder.is_dir():
@@ -251,14 +252,7 @@ def _print_report(report: dict[str, Any], out: Path) -> None:
 def cmd_characteristics(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from daemon.cli import _load
-    from daemon.db.engine import make_engine, migrate
-    from daemon.db.models import Series, Study, StudyCharacteristics, utcnow
-    from daemon.ingest import valid_uid
-    from daemon.jobs import QueueFactory
-    from daemon.reanalysis import requeue_series
-
-    settings = _load(args)
+    settings = load_config(args)
     if not valid_uid(args.study_uid):
         raise ProcessError(f"{args.study_uid!r} is not a valid Study Instance UID")
     given = characteristics_from_args(args)
@@ -290,7 +284,7 @@ def cmd_characteristics(args: argparse.Namespace) -> int:
             csf_cleft=row.csf_cleft,
             capsular_enhancement=row.capsular_enhancement,
         )
-        row.entered_by = _user()[:64]
+        row.entered_by = current_user()[:64]
         row.updated_at = utcnow()
         series_ids = list(
             session.scalars(
@@ -310,20 +304,3 @@ def cmd_characteristics(args: argparse.Namespace) -> int:
         print("no analysed T1C series in this study yet; the values are used when one arrives")
     engine.dispose()
     return 0
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
-
-
-def main_process(argv: list[str]) -> int:  # pragma: no cover - convenience for scripts
-    from daemon.cli import main
-
-    return main(["process", *argv])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main_process(sys.argv[1:]))
