@@ -28,6 +28,7 @@ from sqlalchemy import Engine, select
 from daemon import DISCLAIMER, __version__
 from daemon.db.engine import make_engine, make_sessionmaker, migrate, ping
 from daemon.db.models import Instance, Job, QuarantinedInstance, Series, SeriesDecision
+from daemon.db.states import SeriesState
 from daemon.delivery.outbox import RESULTS_DIRNAME, remove_stale_parts
 from daemon.delivery.service import DeliveryService
 from daemon.dicom.listener import Listener
@@ -93,7 +94,7 @@ def enqueue_missing_jobs(engine: Engine, queue: JobQueue) -> int:
             .where(
                 SeriesDecision.qualifies.is_(True),
                 SeriesDecision.revision == Series.revision,
-                Series.state == "decided",
+                Series.state == SeriesState.DECIDED,
             )
             .outerjoin(
                 Job,

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import OutboxItem
+from daemon.db.states import OutboxState
 from daemon.delivery.outbox import (
     DEFAULT_DESTINATION,
-    PENDING,
     checked_uid,
     publish_bytes,
     remove_stale_parts,
@@ -82,7 +82,7 @@ def test_each_result_is_written_once_under_its_uids_and_queued_per_destination(
         (d, str(ds.SOPInstanceUID)) for d in ("pacs", "archive") for ds in datasets
     )
     assert {(r.state, r.attempts, r.next_attempt_at, r.created_at) for r in got} == {
-        (PENDING, 0, T0, T0)
+        (OutboxState.PENDING, 0, T0, T0)
     }
     assert not list(settings.data_dir.rglob("*.part"))
 

@@ -26,12 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import AuditEvent, Instance, Job, Series, Study
+from daemon.db.states import JobState
 from daemon.intake.spool import Spool
 from daemon.jobs.queue import (
-    DONE,
-    FAILED,
-    QUEUED,
-    RUNNING,
     ClaimedJob,
     JobQueue,
     JobRunner,
@@ -200,14 +197,14 @@ def test_worker_runs_real_jobs_and_inherits_no_socket(
         runner.start()
         wait_for(
             "all jobs to end",
-            lambda: env.queue.counts()[DONE] + env.queue.counts()[FAILED] == 3,
+            lambda: env.queue.counts()[JobState.DONE] + env.queue.counts()[JobState.FAILED] == 3,
             sup,
         )
         pid = sup.status()[0]["pid"]
         assert inode not in socket_inodes(pid)
     assert runner.alive()
     job = env.job(ids[0])
-    assert job.state == DONE and job.attempts == 1
+    assert job.state == JobState.DONE and job.attempts == 1
     result = job.result or {}
     # a 5-slice toy volume holds no tumour: the full chain runs and reports "not assessable"
     assert result["stages_run"][:3] == ["load", "preprocess", "segmentation"]
@@ -222,7 +219,7 @@ def test_worker_runs_real_jobs_and_inherits_no_socket(
     json.dumps(result)  # JSON-safe
     for job_id, reason in ((ids[1], "missing slices"), (ids[2], "no stored instances")):
         failed = env.job(job_id)
-        assert failed.state == FAILED and failed.attempts == 1  # bad data is not retried
+        assert failed.state == JobState.FAILED and failed.attempts == 1  # bad data is not retried
         assert reason in (failed.error or "")
 
 
@@ -242,7 +239,7 @@ def test_killed_worker_is_restarted_and_its_job_requeued(
     wait_for("the job to run", lambda: sup.status()[0]["job_id"] == job_id, sup)
     first_pid = sup.status()[0]["pid"]
     os.kill(first_pid, signal.SIGKILL)
-    wait_for("the job to finish on attempt 2", lambda: env.job(job_id).state == DONE, sup)
+    wait_for("the job to finish on attempt 2", lambda: env.job(job_id).state == JobState.DONE, sup)
     status = sup.status()[0]
     assert status["pid"] != first_pid and status["alive"] and status["restarts"] == 1
     assert status["last_exitcode"] == -signal.SIGKILL
@@ -265,7 +262,7 @@ def test_hung_job_is_killed_after_the_timeout(
     sup.start()
     wait_for("the job to run", lambda: sup.status()[0]["job_id"] == job_id, sup)
     started = time.monotonic()
-    wait_for("the hung job to fail", lambda: env.job(job_id).state == FAILED, sup)
+    wait_for("the hung job to fail", lambda: env.job(job_id).state == JobState.FAILED, sup)
     assert time.monotonic() - started < 1.0 + 10.0
     job = env.job(job_id)
     assert "timed out after 1 s" in (job.error or "") and job.attempts == 1
@@ -285,7 +282,7 @@ def test_crash_loop_fails_the_job_and_backs_off_restarts(
     )
     supervisors.append(sup)
     sup.start()
-    wait_for("the job to fail", lambda: env.job(job_id).state == FAILED, sup)
+    wait_for("the job to fail", lambda: env.job(job_id).state == JobState.FAILED, sup)
     job = env.job(job_id)
     assert job.attempts == 2 and "exited with code 13" in (job.error or "")
     status = sup.status()[0]
@@ -304,7 +301,7 @@ def test_stop_terminates_idle_workers_and_gives_back_a_running_job(
     )
     supervisors.append(sup)
     sup.start()
-    wait_for("the job to run", lambda: env.job(job_id).state == RUNNING, sup)
+    wait_for("the job to run", lambda: env.job(job_id).state == JobState.RUNNING, sup)
     wait_for("both workers up", lambda: all(s["alive"] for s in sup.status()), sup)
     pids = [s["pid"] for s in sup.status()]
     started = time.monotonic()
@@ -314,7 +311,7 @@ def test_stop_terminates_idle_workers_and_gives_back_a_running_job(
     codes = sorted(s["last_exitcode"] for s in sup.status())
     assert codes == [-signal.SIGKILL, 0]  # the idle one left on SIGTERM, the hung one was killed
     job = env.job(job_id)
-    assert (job.state, job.attempts) == (QUEUED, 0)  # given back, no attempt spent
+    assert (job.state, job.attempts) == (JobState.QUEUED, 0)  # given back, no attempt spent
     assert not sup.alive()
 
 
@@ -328,11 +325,11 @@ def test_sigterm_lets_the_running_job_finish(
     )
     supervisors.append(sup)
     sup.start()
-    wait_for("the job to run", lambda: env.job(job_id).state == RUNNING, sup)
+    wait_for("the job to run", lambda: env.job(job_id).state == JobState.RUNNING, sup)
     sup.stop(timeout=20.0)
     assert sup.status()[0]["last_exitcode"] == 0
     job = env.job(job_id)
-    assert (job.state, job.attempts) == (DONE, 1)
+    assert (job.state, job.attempts) == (JobState.DONE, 1)
 
 
 def test_worker_gives_back_its_job_and_exits_when_the_supervisor_dies(
@@ -360,7 +357,7 @@ def test_worker_gives_back_its_job_and_exits_when_the_supervisor_dies(
     try:
         assert parent.stdout is not None
         worker_pid = int(parent.stdout.readline())
-        wait_for("the job to run", lambda: env.job(job_id).state == RUNNING)
+        wait_for("the job to run", lambda: env.job(job_id).state == JobState.RUNNING)
         parent.kill()
         parent.wait(10)
         wait_for("the orphaned worker to exit", lambda: gone(worker_pid))
@@ -369,7 +366,7 @@ def test_worker_gives_back_its_job_and_exits_when_the_supervisor_dies(
             parent.kill()
             parent.wait(10)
     job = env.job(job_id)
-    assert (job.state, job.attempts) == (QUEUED, 0)
+    assert (job.state, job.attempts) == (JobState.QUEUED, 0)
 
 
 def test_resolve_target_finds_the_pipeline() -> None:
@@ -392,9 +389,9 @@ def test_start_recovers_jobs_left_running_on_this_host(make_env: Callable[..., E
     with pytest.raises(ValueError, match=r"now=time.monotonic\(\)"):
         sup.poll(time.time())
     sup.stop(timeout=1.0)
-    assert (env.job(mine).state, env.job(mine).attempts) == (QUEUED, 1)
+    assert (env.job(mine).state, env.job(mine).attempts) == (JobState.QUEUED, 1)
     assert "gone when the node started" in (env.job(mine).error or "")
-    assert env.job(other).state == RUNNING  # another node's worker: not ours to recover
+    assert env.job(other).state == JobState.RUNNING  # another node's worker: not ours to recover
 
 
 # -- daemon.jobs.pipeline.run_job in-process: how failures are classified ---------------------

@@ -36,16 +36,13 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.models import OutboxItem, utcnow
+from daemon.db.states import OutboxState
 from daemon.errors import JobError
 from daemon.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
 
 # Outbox row states: pending → delivered, or pending → failed (given up).
-PENDING = "pending"
-DELIVERED = "delivered"
-FAILED = "failed"
-OUTBOX_STATES = (PENDING, DELIVERED, FAILED)
 
 RESULTS_DIRNAME = "results"
 DEFAULT_DESTINATION = Destination(name="outbox", type="folder", path="outbox")
@@ -283,7 +280,7 @@ def _insert_missing(
                     destination=dest.name,
                     sop_instance_uid=f.sop_instance_uid,
                     path=f.relpath,
-                    state=PENDING,
+                    state=OutboxState.PENDING,
                     attempts=0,
                     next_attempt_at=now,
                     created_at=now,

@@ -33,7 +33,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.models import AuditEvent, OutboxItem, utcnow
-from daemon.delivery.outbox import DELIVERED, FAILED, PENDING, destinations_of
+from daemon.db.states import OutboxState
+from daemon.delivery.outbox import destinations_of
 from daemon.delivery.senders import Sender, SendItem, SendResult, make_sender
 from daemon.destinations import Destination
 from daemon.errors import SendError
@@ -141,7 +142,7 @@ class DeliveryService:
                 select(OutboxItem)
                 .where(
                     OutboxItem.destination == destination,
-                    OutboxItem.state == PENDING,
+                    OutboxItem.state == OutboxState.PENDING,
                     OutboxItem.next_attempt_at <= now,
                 )
                 .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
@@ -202,7 +203,7 @@ class DeliveryService:
         with self.session_factory.begin() as session:
             for c in claimed:
                 row = session.get(OutboxItem, c.id)
-                if row is None or row.state != PENDING:
+                if row is None or row.state != OutboxState.PENDING:
                     continue
                 result = results.get(c.id)
                 if result is None:  # not attempted (stopping): give the claim back
@@ -210,7 +211,7 @@ class DeliveryService:
                     row.next_attempt_at = now
                     report.not_sent += 1
                 elif result.delivered:
-                    row.state = DELIVERED
+                    row.state = OutboxState.DELIVERED
                     row.delivered_at = now
                     row.next_attempt_at = now
                     report.delivered += 1
@@ -237,7 +238,7 @@ class DeliveryService:
     def _fail(
         self, session: Session, row: OutboxItem, destination: str, error: str, now: dt.datetime
     ) -> None:
-        row.state = FAILED
+        row.state = OutboxState.FAILED
         row.last_error = error[:MAX_ERROR_CHARS]
         row.next_attempt_at = now
         age_h = (now - row.created_at).total_seconds() / 3600
@@ -276,7 +277,7 @@ class DeliveryService:
                 rows = session.scalars(
                     select(OutboxItem)
                     .where(
-                        OutboxItem.state == PENDING,
+                        OutboxItem.state == OutboxState.PENDING,
                         OutboxItem.destination.not_in(names),
                         OutboxItem.created_at <= cutoff,
                     )

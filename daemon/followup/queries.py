@@ -17,9 +17,8 @@ from sqlalchemy.orm import Session
 
 from daemon import DISCLAIMER
 from daemon.db.models import FollowupEntry, MeningiomaFinding, PatientFlag, utcnow
+from daemon.db.states import OPEN_FOLLOWUP_STATUSES, FollowupStatus
 from daemon.followup.surveillance import (
-    CANCELLED,
-    OPEN_STATUSES,
     GrowthComparison,
     SurveillanceError,
     entry_summary,
@@ -121,8 +120,8 @@ def set_asymptomatic(
     latest.asymptomatic, latest.asymptomatic_source = asymptomatic, "recorded"
     if not asymptomatic:
         for other in patient_entries(session, patient_id, issuer):
-            if other.status in OPEN_STATUSES and other.finding_id != latest.id:
-                other.status, other.status_changed_at = CANCELLED, now
+            if other.status in OPEN_FOLLOWUP_STATUSES and other.finding_id != latest.id:
+                other.status, other.status_changed_at = FollowupStatus.CANCELLED, now
                 result.setdefault("cancelled_other", []).append(other.id)
     comparison = GrowthComparison.from_json(latest.comparison) if latest.comparison else None
     entry, action = schedule_next(session, cfg, latest, comparison, now)

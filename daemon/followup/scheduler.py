@@ -36,10 +36,9 @@ from sqlalchemy.orm import Session
 
 from daemon.db.engine import make_engine
 from daemon.db.models import AuditEvent, FollowupEntry, Instance, Job, OutboxItem, Series, utcnow
-from daemon.delivery.outbox import DELIVERED
-from daemon.followup.surveillance import AUDIT_OVERDUE, DUE, OVERDUE, SCHEDULED, status_at
+from daemon.db.states import FollowupStatus, JobState, OutboxState, SeriesState
+from daemon.followup.surveillance import AUDIT_OVERDUE, status_at
 from daemon.intake.spool import Spool
-from daemon.jobs.queue import DONE as JOB_DONE
 from daemon.settings import FollowupSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -115,12 +114,14 @@ def retention_job(ctx: JobContext, now: dt.datetime | None = None) -> int:
 # -- follow-up flagging: the stored status follows surveillance.status_at ----------------------
 def flag_due(session: Session, cfg: FollowupSettings, *, now: dt.datetime) -> list[int]:
     """Scheduled entries whose due date has come become "due"; their ids."""
-    return _flag(session, cfg, (SCHEDULED,), DUE, now)
+    return _flag(session, cfg, (FollowupStatus.SCHEDULED,), FollowupStatus.DUE, now)
 
 
 def flag_overdue(session: Session, cfg: FollowupSettings, *, now: dt.datetime) -> list[int]:
     """Entries past due + grace without a follow-up study become "overdue" (audited); their ids."""
-    ids = _flag(session, cfg, (SCHEDULED, DUE), OVERDUE, now)
+    ids = _flag(
+        session, cfg, (FollowupStatus.SCHEDULED, FollowupStatus.DUE), FollowupStatus.OVERDUE, now
+    )
     if ids:
         session.add(
             AuditEvent(
@@ -148,7 +149,7 @@ def _flag(
     for entry in rows:
         status = status_at(entry.due_date, now, cfg.overdue_grace_days)
         # scheduled -> due also when already past the grace: the overdue check follows.
-        if status == target or (target == DUE and status == OVERDUE):
+        if status == target or (target == FollowupStatus.DUE and status == FollowupStatus.OVERDUE):
             entry.status, entry.status_changed_at = target, now
             ids.append(entry.id)
     session.flush()
@@ -179,7 +180,9 @@ def purge_spool(engine: Engine, spool: Spool, days: int, *, now: dt.datetime) ->
         candidates = list(
             session.scalars(
                 select(Series.id)
-                .where(Series.state == "decided", Series.last_received_at < cutoff, unpurged)
+                .where(
+                    Series.state == SeriesState.DECIDED, Series.last_received_at < cutoff, unpurged
+                )
                 .order_by(Series.id)
             )
         )
@@ -222,19 +225,21 @@ def purge_spool(engine: Engine, spool: Spool, days: int, *, now: dt.datetime) ->
 
 def _finished(session: Session, series: Series) -> bool:
     """All jobs of the series done and all their results delivered."""
-    if series.state != "decided" or series.qualifies is None:
+    if series.state != SeriesState.DECIDED or series.qualifies is None:
         return False
     jobs = list(session.scalars(select(Job).where(Job.series_id == series.id)))
     if series.qualifies and not any(j.revision == series.revision for j in jobs):
         return False
-    if any(j.state != JOB_DONE for j in jobs):
+    if any(j.state != JobState.DONE for j in jobs):
         return False
     if not jobs:
         return True
     undelivered = session.scalar(
         select(func.count())
         .select_from(OutboxItem)
-        .where(OutboxItem.job_id.in_([j.id for j in jobs]), OutboxItem.state != DELIVERED)
+        .where(
+            OutboxItem.job_id.in_([j.id for j in jobs]), OutboxItem.state != OutboxState.DELIVERED
+        )
     )
     return not undelivered
 

@@ -29,14 +29,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from daemon.db.models import FollowupEntry, MeningiomaFinding, PatientFlag
+from daemon.db.states import OPEN_FOLLOWUP_STATUSES, FollowupStatus
 from daemon.errors import NodeError
 from daemon.settings import FollowupSettings
 
 log = logging.getLogger(__name__)
 
-SCHEDULED, DUE, OVERDUE = "scheduled", "due", "overdue"
-COMPLETED, GROWN, CANCELLED = "completed", "grown", "cancelled"
-OPEN_STATUSES = (SCHEDULED, DUE, OVERDUE)
 RISK_GROUPS = ("high", "low")
 RECOMMENDATION = {"high": "earlier imaging; consider intervention", "low": "routine imaging"}
 AUDIT_OVERDUE = "followup_overdue"
@@ -136,8 +134,8 @@ def status_at(due_date: dt.date, now: dt.datetime, grace_days: int) -> str:
     """The one rule: scheduled before the due date, due from it, overdue after the grace."""
     today = now.date()
     if today > due_date + dt.timedelta(days=grace_days):
-        return OVERDUE
-    return DUE if today >= due_date else SCHEDULED
+        return FollowupStatus.OVERDUE
+    return FollowupStatus.DUE if today >= due_date else FollowupStatus.SCHEDULED
 
 
 def resolve_asymptomatic(
@@ -300,13 +298,17 @@ def _close_earlier_entries(
     session: Session, row: MeningiomaFinding, comparison: GrowthComparison | None, now: dt.datetime
 ) -> list[FollowupEntry]:
     """Open entries of earlier findings, and entries this finding closed before (a re-run)."""
-    status = GROWN if comparison is not None and comparison.grown else COMPLETED
+    status = (
+        FollowupStatus.GROWN
+        if comparison is not None and comparison.grown
+        else FollowupStatus.COMPLETED
+    )
     closed = []
     for entry in patient_entries(session, row.patient_id, row.issuer):
         if entry.finding_id == row.id:
             continue
         ours = entry.closed_by_finding_id == row.id
-        if not ours and entry.status in OPEN_STATUSES:
+        if not ours and entry.status in OPEN_FOLLOWUP_STATUSES:
             source = session.get(MeningiomaFinding, entry.finding_id)
             ours = (
                 source is not None and source.study_uid != row.study_uid and _earlier(source, row)
@@ -329,17 +331,21 @@ def schedule_next(
 ) -> tuple[FollowupEntry | None, str]:
     """Create, reschedule or cancel the entry that follows ``row``; ``(entry, action)``."""
     entry = session.scalar(select(FollowupEntry).where(FollowupEntry.finding_id == row.id))
-    if entry is not None and entry.status not in (*OPEN_STATUSES, CANCELLED):
+    if entry is not None and entry.status not in (
+        *OPEN_FOLLOWUP_STATUSES,
+        FollowupStatus.CANCELLED,
+    ):
         return None, ""  # already closed by a later study: history stays
     later = [f for f in _patient_findings(session, row) if f.id != row.id and _earlier(row, f)]
     qualifies = row.asymptomatic and row.max_diameter_mm < cfg.max_diameter_mm and not later
     if not qualifies:
-        if entry is not None and entry.status in OPEN_STATUSES:
-            entry.status, entry.status_changed_at = CANCELLED, now
+        if entry is not None and entry.status in OPEN_FOLLOWUP_STATUSES:
+            entry.status, entry.status_changed_at = FollowupStatus.CANCELLED, now
             return entry, "cancelled"
         return None, ""
     if entry is None and any(
-        e.status in OPEN_STATUSES for e in patient_entries(session, row.patient_id, row.issuer)
+        e.status in OPEN_FOLLOWUP_STATUSES
+        for e in patient_entries(session, row.patient_id, row.issuer)
     ):
         return None, ""  # one open entry per patient (e.g. a second T1C series of the same study)
     grown = comparison is not None and comparison.grown

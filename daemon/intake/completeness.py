@@ -3,7 +3,7 @@
 After ``series_stable_seconds`` without a new instance, measured on the
 monotonic clock (a wall clock stepped by NTP never completes a series early
 or late), or sooner when its expected instance count is known and reached.
-Timers live in memory; at start-up every series still "receiving" in the
+Timers live in memory; at start-up every series still SeriesState.RECEIVING in the
 database is re-armed with a fresh full wait, so a restart loses no series.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from sqlalchemy import Engine, select, update
 
 from daemon.db.models import Series, utcnow
+from daemon.db.states import SeriesState
 
 
 class CompletenessTracker:
@@ -59,7 +60,9 @@ class CompletenessTracker:
 
 def receiving_series(engine: Engine) -> list[int]:
     with engine.connect() as conn:
-        return list(conn.execute(select(Series.id).where(Series.state == "receiving")).scalars())
+        return list(
+            conn.execute(select(Series.id).where(Series.state == SeriesState.RECEIVING)).scalars()
+        )
 
 
 def count_reached(engine: Engine, series_ids: Iterable[int]) -> list[int]:
@@ -71,7 +74,7 @@ def count_reached(engine: Engine, series_ids: Iterable[int]) -> list[int]:
         rows = conn.execute(
             select(Series.id).where(
                 Series.id.in_(ids),
-                Series.state == "receiving",
+                Series.state == SeriesState.RECEIVING,
                 Series.expected_count.is_not(None),
                 Series.instance_count >= Series.expected_count,
             )
@@ -83,14 +86,16 @@ def mark_complete(engine: Engine, series_id: int) -> int | None:
     """receiving → complete; returns the revision, or None if it changed meanwhile."""
     with engine.begin() as conn:
         row = conn.execute(
-            select(Series.revision).where(Series.id == series_id, Series.state == "receiving")
+            select(Series.revision).where(
+                Series.id == series_id, Series.state == SeriesState.RECEIVING
+            )
         ).first()
         if row is None:
             return None
         conn.execute(
             update(Series)
             .where(Series.id == series_id, Series.revision == row.revision)
-            .values(state="complete", completed_at=utcnow())
+            .values(state=SeriesState.COMPLETE, completed_at=utcnow())
         )
         return int(row.revision)
 

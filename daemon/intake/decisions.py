@@ -17,6 +17,7 @@ import pydicom
 from sqlalchemy import Engine, insert, select, update
 
 from daemon.db.models import AuditEvent, Instance, Series, SeriesDecision, Study, utcnow
+from daemon.db.states import SeriesState
 from daemon.intake.headers import extract_header
 from daemon.intake.reanalysis import handle_received_seg, is_seg_series
 from daemon.intake.series_filter import SeriesDecision as FilterDecision
@@ -92,8 +93,12 @@ def decide(
     with engine.begin() as conn:
         changed = conn.execute(
             update(Series)
-            .where(Series.id == series_id, Series.revision == revision, Series.state == "complete")
-            .values(state="decided", qualifies=decision.qualifies)
+            .where(
+                Series.id == series_id,
+                Series.revision == revision,
+                Series.state == SeriesState.COMPLETE,
+            )
+            .values(state=SeriesState.DECIDED, qualifies=decision.qualifies)
         ).rowcount
         if changed != 1:
             return None  # a late instance re-opened it: the next revision decides
@@ -134,5 +139,7 @@ def decide(
 def undecided(engine: Engine) -> list[tuple[int, int]]:
     """Series left 'complete' by a crash between completion and decision."""
     with engine.connect() as conn:
-        rows = conn.execute(select(Series.id, Series.revision).where(Series.state == "complete"))
+        rows = conn.execute(
+            select(Series.id, Series.revision).where(Series.state == SeriesState.COMPLETE)
+        )
         return [(int(r.id), int(r.revision)) for r in rows]

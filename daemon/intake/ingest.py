@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from daemon.db.models import AuditEvent, Instance, QuarantinedInstance, Series, Study, utcnow
+from daemon.db.states import SeriesState
 from daemon.dicom.dimse_status import Status
 from daemon.errors import InvalidInstanceError, SpoolError
 from daemon.intake.dataset_check import ScanResult, scan_file
@@ -464,7 +465,7 @@ class IngestStore:
                         study_id=study_id,
                         modality=header.modality,
                         description=header.series_description,
-                        state="receiving",
+                        state=SeriesState.RECEIVING,
                         instance_count=1,
                         expected_count=expected if expected and expected > 0 else None,
                         revision=0,
@@ -478,9 +479,9 @@ class IngestStore:
             "instance_count": Series.instance_count + 1,
             "last_received_at": now,
         }
-        if row.state != "receiving":
+        if row.state != SeriesState.RECEIVING:
             # A late instance re-opens a completed series: a new revision.
-            values["state"] = "receiving"
+            values["state"] = SeriesState.RECEIVING
             values["revision"] = Series.revision + 1
             values["completed_at"] = None
         conn.execute(update(Series).where(Series.id == row.id).values(**values))

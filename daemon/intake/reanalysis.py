@@ -30,8 +30,9 @@ from daemon.db.models import (
     SeriesDecision,
     utcnow,
 )
+from daemon.db.states import JobState, SeriesState
 from daemon.intake.spool import Spool
-from daemon.jobs.queue import DONE, JobQueue
+from daemon.jobs.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,9 @@ def requeue_series(engine: Engine, queue: JobQueue, series_id: int, reason: str)
     with engine.begin() as conn:
         row = conn.execute(
             select(Series.series_uid, Series.revision).where(
-                Series.id == series_id, Series.state == "decided", Series.qualifies.is_(True)
+                Series.id == series_id,
+                Series.state == SeriesState.DECIDED,
+                Series.qualifies.is_(True),
             )
         ).first()
         if row is None:
@@ -181,7 +184,7 @@ def previous_sr(session: Session, series_id: int, revision: int) -> dict[str, st
     """The SR output of the newest finished job of an earlier revision of this series."""
     jobs = session.scalars(
         select(Job)
-        .where(Job.series_id == series_id, Job.revision < revision, Job.state == DONE)
+        .where(Job.series_id == series_id, Job.revision < revision, Job.state == JobState.DONE)
         .order_by(Job.revision.desc(), Job.id.desc())
     )
     for job in jobs:

@@ -28,15 +28,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker
 from daemon.db.models import AuditEvent, Job, Series, utcnow
+from daemon.db.states import JobState
 from daemon.errors import JobError
 
 log = logging.getLogger(__name__)
 
-QUEUED = "queued"
-RUNNING = "running"
-DONE = "done"
-FAILED = "failed"
-JOB_STATES = (QUEUED, RUNNING, DONE, FAILED)
 KIND_ANALYSE_SERIES = "analyse_series"
 MAX_BACKOFF_SECONDS = 3600.0
 MAX_ERROR_CHARS = 2000
@@ -114,7 +110,7 @@ class JobQueue:
                         kind=kind,
                         series_id=series_id,
                         revision=revision,
-                        state=QUEUED,
+                        state=JobState.QUEUED,
                         attempts=0,
                         max_attempts=self.max_attempts,
                         not_before=now,
@@ -151,14 +147,14 @@ class JobQueue:
         with self.sessionmaker.begin() as session:
             job = session.scalar(
                 select(Job)
-                .where(Job.state == QUEUED, Job.not_before <= now)
+                .where(Job.state == JobState.QUEUED, Job.not_before <= now)
                 .order_by(Job.id)
                 .limit(1)
                 .with_for_update(skip_locked=True)
             )
             if job is None:
                 return None
-            job.state = RUNNING
+            job.state = JobState.RUNNING
             job.attempts += 1
             job.claimed_by = worker_id
             job.claimed_at = now
@@ -186,7 +182,7 @@ class JobQueue:
         raw = engine.raw_connection()
         try:
             cursor = raw.cursor()
-            cursor.execute("SELECT 1 FROM jobs WHERE state = ? LIMIT 1", (QUEUED,))
+            cursor.execute("SELECT 1 FROM jobs WHERE state = ? LIMIT 1", (JobState.QUEUED,))
             found = cursor.fetchone() is not None
             cursor.close()
         finally:
@@ -198,7 +194,7 @@ class JobQueue:
         with self.sessionmaker.begin() as session:
             done = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state == RUNNING, Job.claimed_by == worker_id)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker_id)
                 .values(heartbeat_at=now or utcnow())
             )
             if done.rowcount != 1:  # type: ignore[attr-defined]
@@ -211,7 +207,7 @@ class JobQueue:
         now = now or utcnow()
         with self.sessionmaker.begin() as session:
             job = self._held(session, job_id, worker_id)
-            job.state = DONE
+            job.state = JobState.DONE
             job.result = result
             job.error = None
             job.finished_at = now
@@ -237,12 +233,12 @@ class JobQueue:
         with self.sessionmaker.begin() as session:
             job = session.scalar(
                 select(Job)
-                .where(Job.id == job_id, Job.state == RUNNING, Job.claimed_by == worker_id)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker_id)
                 .with_for_update()
             )
             released = job is not None
             if job is not None:
-                job.state = QUEUED
+                job.state = JobState.QUEUED
                 job.attempts = max(job.attempts - 1, 0)
                 job.not_before = now or utcnow()
         if released:
@@ -290,7 +286,7 @@ class JobQueue:
         with self.sessionmaker.begin() as session:
             jobs = session.scalars(
                 select(Job)
-                .where(Job.state == RUNNING, where())
+                .where(Job.state == JobState.RUNNING, where())
                 .order_by(Job.id)
                 .with_for_update(skip_locked=True)
             ).all()
@@ -298,7 +294,7 @@ class JobQueue:
                 if count:
                     self._after_failure(session, job, reason, True, now)
                 else:
-                    job.state = QUEUED
+                    job.state = JobState.QUEUED
                     job.attempts = max(job.attempts - 1, 0)
                     job.not_before = now
         return len(jobs)
@@ -306,7 +302,7 @@ class JobQueue:
     # -- reporting ---------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         """Jobs by state, every state present (zero when none)."""
-        out = dict.fromkeys(JOB_STATES, 0)
+        out: dict[str, int] = {state.value: 0 for state in JobState}
         with self.sessionmaker() as session:
             for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
                 out[state] = int(n)
@@ -317,7 +313,7 @@ class JobQueue:
     def _held(session: Session, job_id: int, worker_id: str) -> Job:
         job = session.scalar(
             select(Job)
-            .where(Job.id == job_id, Job.state == RUNNING, Job.claimed_by == worker_id)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker_id)
             .with_for_update()
         )
         if job is None:
@@ -339,7 +335,7 @@ class JobQueue:
         }
         if retryable and job.attempts < job.max_attempts:
             delay = min(self.backoff_seconds * 2 ** max(job.attempts - 1, 0), MAX_BACKOFF_SECONDS)
-            job.state = QUEUED
+            job.state = JobState.QUEUED
             job.not_before = now + dt.timedelta(seconds=delay)
             detail["retry_in_seconds"] = delay
             kind, level = AUDIT_JOB_RETRY, "warning"
@@ -352,7 +348,7 @@ class JobQueue:
                 error,
             )
         else:
-            job.state = FAILED
+            job.state = JobState.FAILED
             job.finished_at = now
             kind, level = AUDIT_JOB_FAILED, "error"
             log.error("job %d failed after %d attempt(s): %s", job.id, job.attempts, error)

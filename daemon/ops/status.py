@@ -33,8 +33,7 @@ from daemon.db.models import (
     SeriesDecision,
     Study,
 )
-from daemon.delivery.outbox import FAILED as OUTBOX_FAILED
-from daemon.delivery.outbox import PENDING as OUTBOX_PENDING
+from daemon.db.states import JobState, OutboxState, SeriesState
 from daemon.errors import DatabaseError
 from daemon.settings import Settings
 
@@ -47,8 +46,8 @@ LAST_ERRORS = 10
 QUERY_TIMEOUT_SECONDS = 5
 
 # States the rest of the daemon writes; listed so that a zero still shows.
-SERIES_STATES = ("receiving", "complete", "decided")
-JOB_STATES = ("queued", "running", "done", "failed")
+SERIES_STATES = tuple(SeriesState)
+JOB_STATES = tuple(JobState)
 ERROR_LEVELS = ("error", "critical")
 DB_OK = "ok"
 DB_MISSING = "missing"
@@ -172,7 +171,7 @@ def query_status(conn: Connection) -> dict[str, Any]:
     oldest = dict(
         conn.execute(
             select(OutboxItem.destination, func.min(OutboxItem.created_at))
-            .where(OutboxItem.state == OUTBOX_PENDING)
+            .where(OutboxItem.state == OutboxState.PENDING)
             .group_by(OutboxItem.destination)
         ).all()
     )
@@ -191,8 +190,8 @@ def query_status(conn: Connection) -> dict[str, Any]:
         "outbox": {
             "by_destination": outbox,
             # Pending only: failed rows are given up (counted apart), not waiting.
-            "backlog": sum(states.get(OUTBOX_PENDING, 0) for states in outbox.values()),
-            "failed": sum(states.get(OUTBOX_FAILED, 0) for states in outbox.values()),
+            "backlog": sum(states.get(OutboxState.PENDING, 0) for states in outbox.values()),
+            "failed": sum(states.get(OutboxState.FAILED, 0) for states in outbox.values()),
             "oldest_pending": {dest: _iso(at) for dest, at in oldest.items() if at is not None},
         },
         "storage": {
@@ -241,7 +240,7 @@ def _stage_latencies(conn: Connection) -> dict[str, dict[str, float]]:
     """Per-stage latency over the most recent finished jobs' ``result["timings"]``."""
     rows = conn.execute(
         select(Job.result)
-        .where(Job.state == "done", Job.result.is_not(None))
+        .where(Job.state == JobState.DONE, Job.result.is_not(None))
         .order_by(Job.finished_at.desc(), Job.id.desc())
         .limit(RECENT_JOBS_FOR_LATENCY)
     ).scalars()
