@@ -2,14 +2,17 @@
 
 The file is validated as a whole into frozen dataclasses; every problem is
 reported with its key (``ki67node check-config``). Unknown keys are errors, not
-silently ignored, so a typo never falls back to a default. The ``[[destinations]]``
-array is parsed by :mod:`daemon.destinations`.
+silently ignored, so a typo never falls back to a default. A retired key
+(:data:`RETIRED_KEYS`) is still accepted, with a warning that says to remove it,
+so an old file keeps working. The ``[[destinations]]`` array is parsed by
+:mod:`daemon.destinations`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import os
 import re
 import tomllib
@@ -21,7 +24,14 @@ from typing import Any
 from daemon.destinations import Destination, parse_destinations, valid_ae_title
 from daemon.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 ENV_PREFIX = "KI67NODE_"
+# Keys that nothing reads any more: accepted (old files stay valid), warned about, ignored.
+RETIRED_KEYS = {
+    "node.dimse_timeout_seconds": "nothing reads it (node.network_timeout_seconds bounds "
+    "every read of an association); remove it from the configuration",
+}
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,6 @@ class NodeSettings:
     max_pdu_bytes: int = 4_194_304
     max_instance_bytes: int = 536_870_912
     acse_timeout_seconds: float = 30.0
-    dimse_timeout_seconds: float = 60.0
     network_timeout_seconds: float = 60.0
     other_storage: str = "ignore"  # ignore | refuse
 
@@ -285,6 +294,9 @@ def _section(name: str, cls: type, raw: Any, problems: list) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
+        if f"{name}.{key}" in RETIRED_KEYS:
+            log.warning("config key %s.%s is retired: %s", name, key, RETIRED_KEYS[f"{name}.{key}"])
+            continue
         if key not in fields:
             problems.append((f"{name}.{key}", f"unknown key (known: {', '.join(fields)})"))
             continue
@@ -339,7 +351,7 @@ def _validate(s: Settings, problems: list) -> None:
         problems.append(("node.max_pdu_bytes", "must be between 16384 and 67108864"))
     if n.max_instance_bytes < 1024:
         problems.append(("node.max_instance_bytes", "must be at least 1024"))
-    for key in ("acse_timeout_seconds", "dimse_timeout_seconds", "network_timeout_seconds"):
+    for key in ("acse_timeout_seconds", "network_timeout_seconds"):
         if not 0 < getattr(n, key) <= 3600:
             problems.append((f"node.{key}", "must be > 0 and <= 3600"))
     if n.other_storage not in ("ignore", "refuse"):

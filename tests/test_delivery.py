@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import AuditEvent, OutboxItem
-from daemon.db.states import OutboxState
+from daemon.db.states import AuditKind, OutboxState
 from daemon.delivery.outbox import stage_results
-from daemon.delivery.service import AUDIT_OUTBOX_FAILED, DeliveryService
+from daemon.delivery.service import DeliveryService
 from daemon.destinations import Destination
 from daemon.settings import Settings
 from tests.conftest import free_port, with_destinations
@@ -372,7 +372,9 @@ def test_rows_are_given_up_after_the_configured_age_with_an_audit_event(
     assert {(r.state, r.attempts) for r in rows} == {(OutboxState.FAILED, 3)}
     assert all("could not be reached" in (r.last_error or "") for r in rows)
     with env.sm() as s:
-        events = list(s.scalars(select(AuditEvent).where(AuditEvent.kind == AUDIT_OUTBOX_FAILED)))
+        events = list(
+            s.scalars(select(AuditEvent).where(AuditEvent.kind == AuditKind.OUTBOX_FAILED))
+        )
     assert sorted(e.sop_instance_uid or "" for e in events) == sorted(
         r.sop_instance_uid for r in rows
     )

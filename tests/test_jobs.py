@@ -13,10 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import AuditEvent, Job, Series, Study
-from daemon.db.states import JobState
+from daemon.db.states import AuditKind, JobState
 from daemon.jobs.queue import (
-    AUDIT_JOB_FAILED,
-    AUDIT_JOB_RETRY,
     JobLostError,
     JobQueue,
 )
@@ -151,7 +149,11 @@ def test_retries_back_off_exponentially_until_the_attempt_bound(
     assert q.claim("w1", now=at(10_000)) is None
     with sm() as s:
         events = s.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
-    assert [e.kind for e in events] == [AUDIT_JOB_RETRY, AUDIT_JOB_RETRY, AUDIT_JOB_FAILED]
+    assert [e.kind for e in events] == [
+        AuditKind.JOB_RETRY,
+        AuditKind.JOB_RETRY,
+        AuditKind.JOB_FAILED,
+    ]
     assert events[-1].series_uid == "1.2.826.0.1.7.0"
     assert events[-1].detail is not None and events[-1].detail["attempt"] == 3
     for event in events:

@@ -50,3 +50,25 @@ class FollowupStatus(StrEnum):
 
 #: The entries still waiting for a follow-up study.
 OPEN_FOLLOWUP_STATUSES = (FollowupStatus.SCHEDULED, FollowupStatus.DUE, FollowupStatus.OVERDUE)
+
+
+class AuditKind(StrEnum):
+    """``audit_events.kind``: what happened, one name per event."""
+
+    INSTANCE_QUARANTINED = "instance_quarantined"
+    SERIES_DECIDED = "series_decided"
+    SERIES_REANALYSIS = "series_reanalysis"
+    JOB_RETRY = "job_retry"
+    JOB_FAILED = "job_failed"
+    OUTBOX_FAILED = "outbox_failed"
+    FOLLOWUP_OVERDUE = "followup_overdue"
+    SPOOL_PURGED = "spool_purged"
+
+
+class AuditLevel(StrEnum):
+    """``audit_events.level`` (``ki67node status`` lists error and critical)."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"

@@ -32,8 +32,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.db.models import AuditEvent, OutboxItem, utcnow
-from daemon.db.states import OutboxState
+from daemon.db.audit import audit
+from daemon.db.models import OutboxItem, utcnow
+from daemon.db.states import AuditKind, AuditLevel, OutboxState
 from daemon.delivery.outbox import destinations_of
 from daemon.delivery.senders import Sender, SendItem, SendResult, make_sender
 from daemon.destinations import Destination
@@ -42,7 +43,6 @@ from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 
-AUDIT_OUTBOX_FAILED = "outbox_failed"
 JITTER_FRACTION = 0.25  # a retry delay is drawn from [75 %, 100 %] of the backoff
 MAX_ERROR_CHARS = 2000
 
@@ -242,23 +242,22 @@ class DeliveryService:
         row.last_error = error[:MAX_ERROR_CHARS]
         row.next_attempt_at = now
         age_h = (now - row.created_at).total_seconds() / 3600
-        session.add(
-            AuditEvent(
-                at=now,
-                kind=AUDIT_OUTBOX_FAILED,
-                level="error",
-                sop_instance_uid=row.sop_instance_uid,
-                message=(
-                    f"gave up delivering an object to {destination} after {row.attempts} "
-                    f"attempt(s) over {age_h:.1f} h: {error}"
-                )[:MAX_ERROR_CHARS],
-                detail={
-                    "destination": destination,
-                    "outbox_id": row.id,
-                    "attempts": row.attempts,
-                    "path": row.path,
-                },
-            )
+        audit(
+            session,
+            AuditKind.OUTBOX_FAILED,
+            (
+                f"gave up delivering an object to {destination} after {row.attempts} "
+                f"attempt(s) over {age_h:.1f} h: {error}"
+            )[:MAX_ERROR_CHARS],
+            level=AuditLevel.ERROR,
+            at=now,
+            sop_instance_uid=row.sop_instance_uid,
+            detail={
+                "destination": destination,
+                "outbox_id": row.id,
+                "attempts": row.attempts,
+                "path": row.path,
+            },
         )
 
     def backoff(self, attempts: int) -> dt.timedelta:

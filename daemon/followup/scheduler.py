@@ -34,10 +34,18 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, exists, func, select
 from sqlalchemy.orm import Session
 
+from daemon.db.audit import audit
 from daemon.db.engine import make_engine
-from daemon.db.models import AuditEvent, FollowupEntry, Instance, Job, OutboxItem, Series, utcnow
-from daemon.db.states import FollowupStatus, JobState, OutboxState, SeriesState
-from daemon.followup.surveillance import AUDIT_OVERDUE, status_at
+from daemon.db.models import FollowupEntry, Instance, Job, OutboxItem, Series, utcnow
+from daemon.db.states import (
+    AuditKind,
+    AuditLevel,
+    FollowupStatus,
+    JobState,
+    OutboxState,
+    SeriesState,
+)
+from daemon.followup.surveillance import status_at
 from daemon.intake.spool import Spool
 from daemon.settings import FollowupSettings, Settings
 
@@ -48,7 +56,6 @@ JOB_FOLLOWUP_OVERDUE = "followup-overdue-check"
 JOB_RETENTION = "spool-retention"
 JOBSTORE_TABLE = "apscheduler_jobs"
 FIRST_RUN_DELAY = dt.timedelta(seconds=60)  # let the node finish starting first
-AUDIT_PURGED = "spool_purged"
 
 
 def _aware_utcnow() -> dt.datetime:
@@ -123,15 +130,14 @@ def flag_overdue(session: Session, cfg: FollowupSettings, *, now: dt.datetime) -
         session, cfg, (FollowupStatus.SCHEDULED, FollowupStatus.DUE), FollowupStatus.OVERDUE, now
     )
     if ids:
-        session.add(
-            AuditEvent(
-                at=now,
-                kind=AUDIT_OVERDUE,
-                level="warning",
-                message=f"{len(ids)} follow-up entr{'y' if len(ids) == 1 else 'ies'} overdue "
-                f"(no follow-up study {cfg.overdue_grace_days} days after the due date)",
-                detail={"followup_ids": ids},
-            )
+        audit(
+            session,
+            AuditKind.FOLLOWUP_OVERDUE,
+            f"{len(ids)} follow-up entr{'y' if len(ids) == 1 else 'ies'} overdue "
+            f"(no follow-up study {cfg.overdue_grace_days} days after the due date)",
+            level=AuditLevel.WARNING,
+            at=now,
+            detail={"followup_ids": ids},
         )
         log.warning("%d follow-up entries became overdue", len(ids))
     return ids
@@ -210,14 +216,13 @@ def purge_spool(engine: Engine, spool: Spool, days: int, *, now: dt.datetime) ->
             purged += 1
     if files:
         with Session(engine) as session, session.begin():
-            session.add(
-                AuditEvent(
-                    at=now,
-                    kind=AUDIT_PURGED,
-                    message=f"spool retention: deleted {files} received file(s) of {purged} "
-                    f"series older than {days} days (results delivered)",
-                    detail={"series": purged, "files": files, "kept": kept},
-                )
+            audit(
+                session,
+                AuditKind.SPOOL_PURGED,
+                f"spool retention: deleted {files} received file(s) of {purged} "
+                f"series older than {days} days (results delivered)",
+                at=now,
+                detail={"series": purged, "files": files, "kept": kept},
             )
         log.info("spool retention: deleted %d file(s) of %d series", files, purged)
     return PurgeResult(purged, files, kept)

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 RISK_GROUPS = ("high", "low")
 RECOMMENDATION = {"high": "earlier imaging; consider intervention", "low": "routine imaging"}
-AUDIT_OVERDUE = "followup_overdue"
 DAYS_PER_YEAR = 365.25
 
 

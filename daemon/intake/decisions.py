@@ -16,12 +16,12 @@ from typing import Any
 import pydicom
 from sqlalchemy import Engine, insert, select, update
 
-from daemon.db.models import AuditEvent, Instance, Series, SeriesDecision, Study, utcnow
-from daemon.db.states import SeriesState
+from daemon.db.audit import audit
+from daemon.db.models import Instance, Series, SeriesDecision, Study, utcnow
+from daemon.db.states import AuditKind, SeriesState
 from daemon.intake.headers import extract_header
 from daemon.intake.reanalysis import handle_received_seg, is_seg_series
-from daemon.intake.series_filter import SeriesDecision as FilterDecision
-from daemon.intake.series_filter import decide_series
+from daemon.intake.series_filter import FilterVerdict, decide_series
 from daemon.intake.spool import Spool
 from daemon.jobs.queue import JobQueue
 from daemon.settings import FilterSettings
@@ -65,7 +65,7 @@ def decide(
     cfg: FilterSettings,
     series_id: int,
     revision: int,
-) -> FilterDecision | None:
+) -> FilterVerdict | None:
     """Decide (series, revision) once; None if it was decided already or re-opened."""
     with engine.connect() as conn:
         done = conn.execute(
@@ -84,12 +84,12 @@ def decide(
     try:
         if is_seg_series(headers):  # a radiologist's SEG: re-run the series it segments
             reason, details = handle_received_seg(engine, spool, queue, series_id)
-            decision = FilterDecision(False, reason, details)
+            decision = FilterVerdict(False, reason, details)
         else:
             decision = decide_series(headers, cfg)
     except Exception as exc:  # noqa: BLE001 - the filter must never stop intake
         log.exception("series filter failed on series %s", series.series_uid)
-        decision = FilterDecision(False, f"filter error: {exc.__class__.__name__}", {})
+        decision = FilterVerdict(False, f"filter error: {exc.__class__.__name__}", {})
     with engine.begin() as conn:
         changed = conn.execute(
             update(Series)
@@ -112,16 +112,13 @@ def decide(
                 decided_at=utcnow(),
             )
         )
-        conn.execute(
-            insert(AuditEvent).values(
-                at=utcnow(),
-                kind="series_decided",
-                level="info",
-                study_uid=series.study_uid,
-                series_uid=series.series_uid,
-                message=f"{'qualifies' if decision.qualifies else 'skipped'}: {decision.reason}",
-                detail={"revision": revision, "instances": len(headers)},
-            )
+        audit(
+            conn,
+            AuditKind.SERIES_DECIDED,
+            f"{'qualifies' if decision.qualifies else 'skipped'}: {decision.reason}",
+            study_uid=series.study_uid,
+            series_uid=series.series_uid,
+            detail={"revision": revision, "instances": len(headers)},
         )
     log.info(
         "series %s (revision %d, %d instances) %s: %s",

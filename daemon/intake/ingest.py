@@ -23,8 +23,9 @@ from pydicom.charset import convert_encodings, decode_bytes
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from daemon.db.models import AuditEvent, Instance, QuarantinedInstance, Series, Study, utcnow
-from daemon.db.states import SeriesState
+from daemon.db.audit import audit
+from daemon.db.models import Instance, QuarantinedInstance, Series, Study, utcnow
+from daemon.db.states import AuditKind, AuditLevel, SeriesState
 from daemon.dicom.dimse_status import Status
 from daemon.errors import InvalidInstanceError, SpoolError
 from daemon.intake.dataset_check import ScanResult, scan_file
@@ -417,15 +418,13 @@ class IngestStore:
                     received_at=utcnow(),
                 )
             )
-            conn.execute(
-                insert(AuditEvent).values(
-                    at=utcnow(),
-                    kind="instance_quarantined",
-                    level="warning",
-                    sop_instance_uid=sop_uid,
-                    calling_aet=aet[:16],
-                    message="second copy with different bytes quarantined; first copy kept",
-                )
+            audit(
+                conn,
+                AuditKind.INSTANCE_QUARANTINED,
+                "second copy with different bytes quarantined; first copy kept",
+                level=AuditLevel.WARNING,
+                sop_instance_uid=sop_uid,
+                calling_aet=aet[:16],
             )
         metrics.DUPLICATES.labels(kind="conflicting").inc()
         log.warning("instance %s received with different bytes: quarantined", sop_uid)

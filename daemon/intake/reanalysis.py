@@ -21,8 +21,8 @@ from pydicom.uid import SegmentationStorage
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session
 
+from daemon.db.audit import audit
 from daemon.db.models import (
-    AuditEvent,
     Instance,
     Job,
     OutboxItem,
@@ -30,13 +30,11 @@ from daemon.db.models import (
     SeriesDecision,
     utcnow,
 )
-from daemon.db.states import JobState, SeriesState
+from daemon.db.states import AuditKind, JobState, SeriesState
 from daemon.intake.spool import Spool
 from daemon.jobs.queue import JobQueue
 
 log = logging.getLogger(__name__)
-
-AUDIT_REANALYSIS = "series_reanalysis"
 
 
 @dataclass(frozen=True)
@@ -143,15 +141,12 @@ def requeue_series(engine: Engine, queue: JobQueue, series_id: int, reason: str)
                 decided_at=utcnow(),
             )
         )
-        conn.execute(
-            insert(AuditEvent).values(
-                at=utcnow(),
-                kind=AUDIT_REANALYSIS,
-                level="info",
-                series_uid=row.series_uid,
-                message=reason,
-                detail={"revision": revision},
-            )
+        audit(
+            conn,
+            AuditKind.SERIES_REANALYSIS,
+            reason,
+            series_uid=row.series_uid,
+            detail={"revision": revision},
         )
     queue.enqueue(series_id, revision)
     log.info("series %s: re-analysis queued as revision %d (%s)", row.series_uid, revision, reason)

@@ -70,7 +70,7 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 @dataclass(frozen=True)
-class SeriesDecision:
+class FilterVerdict:
     """Whether a series goes to the pipeline, the rule that decided, and the evidence."""
 
     qualifies: bool
@@ -443,11 +443,11 @@ CHECKS: tuple[tuple[str, Callable[[_Series], _Check]], ...] = (
 )
 
 
-def decide_series(headers: Sequence[Mapping[str, Any]], cfg: FilterSettings) -> SeriesDecision:
+def decide_series(headers: Sequence[Mapping[str, Any]], cfg: FilterSettings) -> FilterVerdict:
     """Decide whether one series is a T1C MP-RAGE; never raises on odd header values."""
     rows = [h if isinstance(h, Mapping) else {} for h in headers]
     if not rows:
-        return SeriesDecision(False, "no instances in the series", {"checks": {}, "instances": 0})
+        return FilterVerdict(False, "no instances in the series", {"checks": {}, "instances": 0})
     series = _Series(rows, rows[0], _geometry(rows), cfg)
     checks = {name: check(series) for name, check in CHECKS}
     details: dict[str, Any] = {
@@ -458,7 +458,7 @@ def decide_series(headers: Sequence[Mapping[str, Any]], cfg: FilterSettings) -> 
     failed = next((n for n, c in checks.items() if c.ok is False), None)
     if failed is not None:
         details["decided_by"] = failed
-        return SeriesDecision(False, checks[failed].reason[:REASON_MAX], details)
+        return FilterVerdict(False, checks[failed].reason[:REASON_MAX], details)
     details["decided_by"] = "all"
     thickness = checks["slice_thickness"].evidence["thickness_mm"]
     source = ", ".join(k for k in checks["contrast"].evidence if k != "required")
@@ -466,7 +466,7 @@ def decide_series(headers: Sequence[Mapping[str, Any]], cfg: FilterSettings) -> 
         f"T1C MP-RAGE: 3D inversion-prepared gradient echo, contrast ({source or 'not required'}), "
         f"{checks['slice_count'].evidence} slices of {thickness:g} mm"
     )
-    return SeriesDecision(True, reason[:REASON_MAX], details)
+    return FilterVerdict(True, reason[:REASON_MAX], details)
 
 
 def _safe(value: Any) -> Any:

@@ -26,9 +26,10 @@ from sqlalchemy import and_, func, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.db.audit import audit
 from daemon.db.engine import make_engine, make_sessionmaker
-from daemon.db.models import AuditEvent, Job, Series, utcnow
-from daemon.db.states import JobState
+from daemon.db.models import Job, Series, utcnow
+from daemon.db.states import AuditKind, AuditLevel, JobState
 from daemon.errors import JobError
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ log = logging.getLogger(__name__)
 KIND_ANALYSE_SERIES = "analyse_series"
 MAX_BACKOFF_SECONDS = 3600.0
 MAX_ERROR_CHARS = 2000
-AUDIT_JOB_RETRY = "job_retry"
-AUDIT_JOB_FAILED = "job_failed"
 
 
 class JobLostError(JobError):
@@ -338,7 +337,7 @@ class JobQueue:
             job.state = JobState.QUEUED
             job.not_before = now + dt.timedelta(seconds=delay)
             detail["retry_in_seconds"] = delay
-            kind, level = AUDIT_JOB_RETRY, "warning"
+            kind, level = AuditKind.JOB_RETRY, AuditLevel.WARNING
             log.warning(
                 "job %d attempt %d/%d failed, retry in %.0f s: %s",
                 job.id,
@@ -350,17 +349,16 @@ class JobQueue:
         else:
             job.state = JobState.FAILED
             job.finished_at = now
-            kind, level = AUDIT_JOB_FAILED, "error"
+            kind, level = AuditKind.JOB_FAILED, AuditLevel.ERROR
             log.error("job %d failed after %d attempt(s): %s", job.id, job.attempts, error)
-        session.add(
-            AuditEvent(
-                at=now,
-                kind=kind,
-                level=level,
-                series_uid=series_uid,
-                message=f"job {job.id} ({job.kind}) attempt {job.attempts}: {error}",
-                detail=detail,
-            )
+        audit(
+            session,
+            kind,
+            f"job {job.id} ({job.kind}) attempt {job.attempts}: {error}",
+            level=level,
+            at=now,
+            series_uid=series_uid,
+            detail=detail,
         )
         return job.state
 

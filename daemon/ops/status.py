@@ -33,7 +33,7 @@ from daemon.db.models import (
     SeriesDecision,
     Study,
 )
-from daemon.db.states import JobState, OutboxState, SeriesState
+from daemon.db.states import AuditLevel, JobState, OutboxState, SeriesState
 from daemon.errors import DatabaseError
 from daemon.settings import Settings
 
@@ -48,7 +48,7 @@ QUERY_TIMEOUT_SECONDS = 5
 # States the rest of the daemon writes; listed so that a zero still shows.
 SERIES_STATES = tuple(SeriesState)
 JOB_STATES = tuple(JobState)
-ERROR_LEVELS = ("error", "critical")
+ERROR_LEVELS = (AuditLevel.ERROR, AuditLevel.CRITICAL)
 DB_OK = "ok"
 DB_MISSING = "missing"
 # The table whose presence means "the schema has been created".
