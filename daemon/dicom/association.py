@@ -29,24 +29,19 @@ from daemon.dicom.dimse import (
 )
 from daemon.dicom.dimse_status import Status, is_failure
 from daemon.dicom.ul_pdu import (
-    ABORT_SOURCE_USER,
     APPLICATION_CONTEXT,
-    PC_ABSTRACT_NOT_SUPPORTED,
-    PC_ACCEPT,
-    PC_TRANSFER_NOT_SUPPORTED,
-    PDU_ABORT,
-    PDU_ASSOCIATE_RQ,
-    PDU_P_DATA,
-    PDU_RELEASE_RQ,
     PDU_TYPES,
-    RJ_ACSE_PROTOCOL_VERSION,
-    RJ_PERMANENT,
-    RJ_SOURCE_ACSE,
-    RJ_SOURCE_USER,
-    RJ_USER_APP_CONTEXT,
-    RJ_USER_CALLING_AE,
+    AbortReason,
+    AbortSource,
+    AcseRejectReason,
     AssociateRequest,
+    ContextResult,
+    MessageControl,
+    PduType,
     ProtocolError,
+    RejectResult,
+    RejectSource,
+    UserRejectReason,
     encode_abort,
     encode_associate_ac,
     encode_associate_rj,
@@ -225,7 +220,7 @@ class AcceptorAssociation:
         outcome = "closed"
         try:
             pdu_type, body = self._read_pdu(self.config.acse_timeout, MAX_ASSOCIATE_RQ_BYTES)
-            if pdu_type != PDU_ASSOCIATE_RQ:
+            if pdu_type != PduType.ASSOCIATE_RQ:
                 raise ProtocolError("expected A-ASSOCIATE-RQ")
             rq = parse_associate_rq(bytes(body))
             if not self._negotiate(rq):
@@ -234,7 +229,7 @@ class AcceptorAssociation:
         except ProtocolError as exc:
             log.warning("protocol error from %s: %s; aborting", self.peer, exc)
             metrics.REJECTIONS.labels(reason="protocol_error").inc()
-            self._try_send(encode_abort(reason=2))
+            self._try_send(encode_abort(reason=AbortReason.UNEXPECTED_PDU))
             outcome = "aborted"
         except PeerGone as exc:
             log.info("association with %s ended: %s", self.peer, exc)
@@ -242,7 +237,7 @@ class AcceptorAssociation:
         except NodeStopping:
             # Between two messages: every instance answered so far is kept;
             # the sender resends the rest when the node is back.
-            self._try_send(encode_abort(source=ABORT_SOURCE_USER))
+            self._try_send(encode_abort(source=AbortSource.SERVICE_USER))
             outcome = "aborted (node stopping)"
         finally:
             self._drop_message()
@@ -256,16 +251,28 @@ class AcceptorAssociation:
 
     def _negotiate(self, rq: AssociateRequest) -> bool:
         self.calling_ae = safe_ae(rq.calling_ae)
-        reject: tuple[int, int, int] | None = None
+        reject: tuple[RejectResult, RejectSource, int] | None = None
         if not rq.protocol_version & 1:
-            reject = (RJ_PERMANENT, RJ_SOURCE_ACSE, RJ_ACSE_PROTOCOL_VERSION)
+            reject = (
+                RejectResult.PERMANENT,
+                RejectSource.SERVICE_PROVIDER_ACSE,
+                AcseRejectReason.PROTOCOL_VERSION_NOT_SUPPORTED,
+            )
         elif rq.application_context != APPLICATION_CONTEXT:
-            reject = (RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_APP_CONTEXT)
+            reject = (
+                RejectResult.PERMANENT,
+                RejectSource.SERVICE_USER,
+                UserRejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED,
+            )
         elif (
             self.config.allowed_calling_aets
             and rq.calling_ae not in self.config.allowed_calling_aets
         ):
-            reject = (RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_CALLING_AE)
+            reject = (
+                RejectResult.PERMANENT,
+                RejectSource.SERVICE_USER,
+                UserRejectReason.CALLING_AE_NOT_RECOGNIZED,
+            )
         if reject is not None:
             metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
             metrics.REJECTIONS.labels(reason="association_rejected").inc()
@@ -275,15 +282,15 @@ class AcceptorAssociation:
         results: list[tuple[int, int, str]] = []
         for pc in rq.contexts:
             if pc.abstract_syntax not in self.config.abstract_syntaxes:
-                results.append((pc.context_id, PC_ABSTRACT_NOT_SUPPORTED, ""))
+                results.append((pc.context_id, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, ""))
                 continue
             chosen = next(
                 (t for t in pc.transfer_syntaxes if t in self.config.transfer_syntaxes), ""
             )
             if not chosen:
-                results.append((pc.context_id, PC_TRANSFER_NOT_SUPPORTED, ""))
+                results.append((pc.context_id, ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, ""))
                 continue
-            results.append((pc.context_id, PC_ACCEPT, chosen))
+            results.append((pc.context_id, ContextResult.ACCEPTANCE, chosen))
             self.contexts[pc.context_id] = (pc.abstract_syntax, chosen)
         self._send(
             encode_associate_ac(
@@ -300,13 +307,13 @@ class AcceptorAssociation:
     def _serve(self) -> str:
         while True:
             pdu_type, body = self._read_pdu(self.config.network_timeout, self.config.max_pdu + 6)
-            if pdu_type == PDU_P_DATA:
+            if pdu_type == PduType.P_DATA_TF:
                 self._on_pdata(body)
-            elif pdu_type == PDU_RELEASE_RQ:
+            elif pdu_type == PduType.RELEASE_RQ:
                 self._drop_message()
                 self._try_send(encode_release_rp())
                 return "released"
-            elif pdu_type == PDU_ABORT:
+            elif pdu_type == PduType.ABORT:
                 return "aborted by peer"
             else:
                 raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X} in an association")
@@ -316,7 +323,8 @@ class AcceptorAssociation:
         for context_id, control, fragment in iter_pdvs(body):
             if context_id not in self.contexts:
                 raise ProtocolError(f"PDV on presentation context {context_id} not accepted")
-            is_command, is_last = bool(control & 1), bool(control & 2)
+            is_command = bool(control & MessageControl.COMMAND)
+            is_last = bool(control & MessageControl.LAST)
             msg = self._message
             if is_command:
                 if msg is None:
@@ -426,7 +434,11 @@ class AcceptorAssociation:
 
     def _reply(self, msg: _Message, command_bytes: bytes) -> None:
         self._message = None
-        self._send(encode_pdata(msg.context_id, 0x03, command_bytes))
+        self._send(
+            encode_pdata(
+                msg.context_id, MessageControl.COMMAND | MessageControl.LAST, command_bytes
+            )
+        )
 
     def _drop_temp(self, msg: _Message) -> None:
         if msg.temp is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from daemon.dicom.dimse_status import Status
 from daemon.dicom.ul_pdu import ProtocolError
 
 TAG_AFFECTED_SOP_CLASS = 0x00000002
@@ -26,6 +27,7 @@ C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
 NO_DATASET = 0x0101
+RESPONSE_BIT = 0x8000  # a response's command field = its request's | this bit (PS3.7 §9.3)
 
 MAX_COMMAND_BYTES = 65_536
 _ELEMENT = struct.Struct("<HHL")
@@ -111,7 +113,7 @@ def store_response(
     return encode_command(elements)
 
 
-def echo_response(*, message_id: int, sop_class: str, status: int = 0) -> bytes:
+def echo_response(*, message_id: int, sop_class: str, status: int = Status.SUCCESS) -> bytes:
     return encode_command(
         [
             (TAG_AFFECTED_SOP_CLASS, _even(sop_class.encode("ascii"), b"\x00")),
@@ -125,7 +127,7 @@ def echo_response(*, message_id: int, sop_class: str, status: int = 0) -> bytes:
 
 def generic_failure_response(command: Command, status: int) -> bytes:
     """Response for a command we do not perform (e.g. C-FIND on a storage context)."""
-    field = (command.command_field or 0) | 0x8000
+    field = (command.command_field or 0) | RESPONSE_BIT
     return encode_command(
         [
             (TAG_COMMAND_FIELD, struct.pack("<H", field)),

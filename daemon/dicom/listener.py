@@ -31,11 +31,11 @@ from daemon.dicom.association import (
     PeerGone,
 )
 from daemon.dicom.ul_pdu import (
-    PDU_ASSOCIATE_RQ,
-    RJ_PRESENTATION_LIMIT,
-    RJ_SOURCE_PRESENTATION,
-    RJ_TRANSIENT,
+    PduType,
+    PresentationRejectReason,
     ProtocolError,
+    RejectResult,
+    RejectSource,
     encode_associate_rj,
     unpack_header,
 )
@@ -296,7 +296,7 @@ class Listener:
                 header = conn.recv(6, socket.MSG_WAITALL)
                 if len(header) == 6:
                     pdu_type, length = unpack_header(header)
-                    if pdu_type == PDU_ASSOCIATE_RQ and length <= MAX_ASSOCIATE_RQ_BYTES:
+                    if pdu_type == PduType.ASSOCIATE_RQ and length <= MAX_ASSOCIATE_RQ_BYTES:
                         # Read the whole request so the peer sees the reject,
                         # not a reset; bounded by the 2 s timeout and the cap.
                         while length > 0:
@@ -306,7 +306,9 @@ class Listener:
                             length -= len(chunk)
                         conn.sendall(
                             encode_associate_rj(
-                                RJ_TRANSIENT, RJ_SOURCE_PRESENTATION, RJ_PRESENTATION_LIMIT
+                                RejectResult.TRANSIENT,
+                                RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                                PresentationRejectReason.LOCAL_LIMIT_EXCEEDED,
                             )
                         )
                         conn.shutdown(socket.SHUT_WR)

@@ -8,43 +8,108 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 
-PDU_ASSOCIATE_RQ = 0x01
-PDU_ASSOCIATE_AC = 0x02
-PDU_ASSOCIATE_RJ = 0x03
-PDU_P_DATA = 0x04
-PDU_RELEASE_RQ = 0x05
-PDU_RELEASE_RP = 0x06
-PDU_ABORT = 0x07
-PDU_TYPES = frozenset(range(1, 8))
 
-# A-ASSOCIATE-RJ (PS3.8 §9.3.4)
-RJ_PERMANENT = 1
-RJ_TRANSIENT = 2
-RJ_SOURCE_USER = 1
-RJ_SOURCE_ACSE = 2
-RJ_SOURCE_PRESENTATION = 3
-RJ_USER_NO_REASON = 1
-RJ_USER_APP_CONTEXT = 2
-RJ_USER_CALLING_AE = 3
-RJ_USER_CALLED_AE = 7
-RJ_ACSE_PROTOCOL_VERSION = 2
-RJ_PRESENTATION_CONGESTION = 1
-RJ_PRESENTATION_LIMIT = 2
+class PduType(IntEnum):
+    """PDU types (PS3.8 §9.3.1)."""
 
-# Presentation context results (PS3.8 §9.3.3.2)
-PC_ACCEPT = 0
-PC_ABSTRACT_NOT_SUPPORTED = 3
-PC_TRANSFER_NOT_SUPPORTED = 4
+    ASSOCIATE_RQ = 0x01
+    ASSOCIATE_AC = 0x02
+    ASSOCIATE_RJ = 0x03
+    P_DATA_TF = 0x04
+    RELEASE_RQ = 0x05
+    RELEASE_RP = 0x06
+    ABORT = 0x07
 
-# A-ABORT sources and reasons (PS3.8 §9.3.8)
-ABORT_SOURCE_USER = 0
-ABORT_SOURCE_PROVIDER = 2
-ABORT_REASON_NOT_SPECIFIED = 0
-ABORT_REASON_UNEXPECTED_PDU = 2
-ABORT_REASON_INVALID_PARAMETER = 6
+
+PDU_TYPES = frozenset(PduType)
+
+
+class ItemType(IntEnum):
+    """Item and sub-item types of A-ASSOCIATE-RQ/AC (PS3.8 §9.3.2, §9.3.3, Annex D)."""
+
+    APPLICATION_CONTEXT = 0x10
+    PRESENTATION_CONTEXT_RQ = 0x20
+    PRESENTATION_CONTEXT_AC = 0x21
+    ABSTRACT_SYNTAX = 0x30
+    TRANSFER_SYNTAX = 0x40
+    USER_INFORMATION = 0x50
+    MAXIMUM_LENGTH = 0x51
+    IMPLEMENTATION_CLASS_UID = 0x52
+    IMPLEMENTATION_VERSION_NAME = 0x55
+
+
+class RejectResult(IntEnum):
+    """A-ASSOCIATE-RJ result (PS3.8 §9.3.4)."""
+
+    PERMANENT = 1
+    TRANSIENT = 2
+
+
+class RejectSource(IntEnum):
+    """A-ASSOCIATE-RJ source (PS3.8 §9.3.4); each source has its own reasons below."""
+
+    SERVICE_USER = 1
+    SERVICE_PROVIDER_ACSE = 2
+    SERVICE_PROVIDER_PRESENTATION = 3
+
+
+class UserRejectReason(IntEnum):
+    """A-ASSOCIATE-RJ reasons of source 1, service user."""
+
+    NO_REASON_GIVEN = 1
+    APPLICATION_CONTEXT_NOT_SUPPORTED = 2
+    CALLING_AE_NOT_RECOGNIZED = 3
+    CALLED_AE_NOT_RECOGNIZED = 7
+
+
+class AcseRejectReason(IntEnum):
+    """A-ASSOCIATE-RJ reasons of source 2, service provider (ACSE)."""
+
+    NO_REASON_GIVEN = 1
+    PROTOCOL_VERSION_NOT_SUPPORTED = 2
+
+
+class PresentationRejectReason(IntEnum):
+    """A-ASSOCIATE-RJ reasons of source 3, service provider (presentation)."""
+
+    TEMPORARY_CONGESTION = 1
+    LOCAL_LIMIT_EXCEEDED = 2
+
+
+class ContextResult(IntEnum):
+    """Presentation context result in an A-ASSOCIATE-AC (PS3.8 §9.3.3.2)."""
+
+    ACCEPTANCE = 0
+    ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+    TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
+
+
+class AbortSource(IntEnum):
+    """A-ABORT source (PS3.8 §9.3.8)."""
+
+    SERVICE_USER = 0
+    SERVICE_PROVIDER = 2
+
+
+class AbortReason(IntEnum):
+    """A-ABORT reason, when the source is the service provider (PS3.8 §9.3.8)."""
+
+    NOT_SPECIFIED = 0
+    UNRECOGNIZED_PDU = 1
+    UNEXPECTED_PDU = 2
+    INVALID_PDU_PARAMETER = 6
+
+
+class MessageControl(IntFlag):
+    """The message control header of a PDV (PS3.8 Annex E.2)."""
+
+    COMMAND = 0x01  # else a data set fragment
+    LAST = 0x02  # the last fragment of the command or data set
+
 
 _HEADER = struct.Struct(">BBL")
 _ITEM = struct.Struct(">BBH")
@@ -111,11 +176,11 @@ def parse_associate_rq(body: bytes) -> AssociateRequest:
         application_context="",
     )
     for item_type, value in _items(body[68:], "A-ASSOCIATE-RQ"):
-        if item_type == 0x10:
+        if item_type == ItemType.APPLICATION_CONTEXT:
             rq.application_context = _uid(bytes(value))
-        elif item_type == 0x20:
+        elif item_type == ItemType.PRESENTATION_CONTEXT_RQ:
             rq.contexts.append(_parse_context(value))
-        elif item_type == 0x50:
+        elif item_type == ItemType.USER_INFORMATION:
             _parse_user_info(value, rq)
         # Unknown items are ignored (PS3.8 §9.3.1: shall be ignored).
     if not rq.application_context:
@@ -136,9 +201,9 @@ def _parse_context(value: memoryview) -> PresentationContextRQ:
     abstract = ""
     transfers: list[str] = []
     for sub_type, sub in _items(value[4:], "presentation context"):
-        if sub_type == 0x30:
+        if sub_type == ItemType.ABSTRACT_SYNTAX:
             abstract = _uid(bytes(sub))
-        elif sub_type == 0x40:
+        elif sub_type == ItemType.TRANSFER_SYNTAX:
             transfers.append(_uid(bytes(sub)))
     if context_id % 2 == 0 or not abstract or not transfers:
         raise ProtocolError(f"invalid presentation context {context_id}")
@@ -147,13 +212,13 @@ def _parse_context(value: memoryview) -> PresentationContextRQ:
 
 def _parse_user_info(value: memoryview, rq: AssociateRequest) -> None:
     for sub_type, sub in _items(value, "user information"):
-        if sub_type == 0x51:
+        if sub_type == ItemType.MAXIMUM_LENGTH:
             if len(sub) != 4:
                 raise ProtocolError("maximum length sub-item is not 4 bytes")
             (rq.max_pdu,) = struct.unpack(">L", sub)
-        elif sub_type == 0x52:
+        elif sub_type == ItemType.IMPLEMENTATION_CLASS_UID:
             rq.implementation_class_uid = _uid(bytes(sub))
-        elif sub_type == 0x55:
+        elif sub_type == ItemType.IMPLEMENTATION_VERSION_NAME:
             rq.implementation_version = _ae_text(bytes(sub))
 
 
@@ -180,30 +245,35 @@ def encode_associate_ac(
     implementation_version: str,
 ) -> bytes:
     """A-ASSOCIATE-AC answering ``rq``; ``results`` = (context id, result, transfer syntax)."""
-    items = [_item(0x10, _pad_uid(APPLICATION_CONTEXT))]
+    items = [_item(ItemType.APPLICATION_CONTEXT, _pad_uid(APPLICATION_CONTEXT))]
     for context_id, result, transfer in results:
-        sub = _item(0x40, _pad_uid(transfer)) if transfer else b""
-        items.append(_item(0x21, bytes([context_id, 0, result, 0]) + sub))
+        sub = _item(ItemType.TRANSFER_SYNTAX, _pad_uid(transfer)) if transfer else b""
+        items.append(
+            _item(ItemType.PRESENTATION_CONTEXT_AC, bytes([context_id, 0, result, 0]) + sub)
+        )
     user = (
-        _item(0x51, struct.pack(">L", max_pdu))
-        + _item(0x52, _pad_uid(implementation_class_uid))
-        + _item(0x55, implementation_version.encode("ascii")[:16])
+        _item(ItemType.MAXIMUM_LENGTH, struct.pack(">L", max_pdu))
+        + _item(ItemType.IMPLEMENTATION_CLASS_UID, _pad_uid(implementation_class_uid))
+        + _item(ItemType.IMPLEMENTATION_VERSION_NAME, implementation_version.encode("ascii")[:16])
     )
-    items.append(_item(0x50, user))
+    items.append(_item(ItemType.USER_INFORMATION, user))
     fixed = struct.pack(">HH", 1, 0) + rq.called_ae_raw + rq.calling_ae_raw + b"\x00" * 32
-    return pdu(PDU_ASSOCIATE_AC, fixed + b"".join(items))
+    return pdu(PduType.ASSOCIATE_AC, fixed + b"".join(items))
 
 
-def encode_associate_rj(result: int, source: int, reason: int) -> bytes:
-    return pdu(PDU_ASSOCIATE_RJ, bytes([0, result, source, reason]))
+def encode_associate_rj(result: RejectResult, source: RejectSource, reason: int) -> bytes:
+    return pdu(PduType.ASSOCIATE_RJ, bytes([0, result, source, reason]))
 
 
 def encode_release_rp() -> bytes:
-    return pdu(PDU_RELEASE_RP, b"\x00" * 4)
+    return pdu(PduType.RELEASE_RP, b"\x00" * 4)
 
 
-def encode_abort(source: int = ABORT_SOURCE_PROVIDER, reason: int = 0) -> bytes:
-    return pdu(PDU_ABORT, bytes([0, 0, source, reason]))
+def encode_abort(
+    source: AbortSource = AbortSource.SERVICE_PROVIDER,
+    reason: AbortReason = AbortReason.NOT_SPECIFIED,
+) -> bytes:
+    return pdu(PduType.ABORT, bytes([0, 0, source, reason]))
 
 
 def iter_pdvs(body: bytes | memoryview) -> Iterator[tuple[int, int, memoryview]]:
@@ -223,7 +293,7 @@ def iter_pdvs(body: bytes | memoryview) -> Iterator[tuple[int, int, memoryview]]
 
 def encode_pdata(context_id: int, control: int, fragment: bytes) -> bytes:
     item = struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
-    return pdu(PDU_P_DATA, item)
+    return pdu(PduType.P_DATA_TF, item)
 
 
 def unpack_header(header: bytes) -> tuple[int, int]:
