@@ -25,7 +25,8 @@ from typing import Any
 import pydicom
 from sqlalchemy import Engine, select
 
-from daemon import DISCLAIMER, __version__
+from ai_core.disclaimer import DISCLAIMER
+from daemon import __version__
 from daemon.db.engine import make_engine, make_sessionmaker, migrate, ping
 from daemon.db.models import Instance, Job, QuarantinedInstance, Series, SeriesDecision
 from daemon.db.states import SeriesState

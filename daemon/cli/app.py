@@ -11,8 +11,9 @@ import json
 import logging
 import sys
 
+from ai_core.disclaimer import DISCLAIMER
 from ai_core.errors import AiCoreError
-from daemon import DISCLAIMER, __version__
+from daemon import __version__
 from daemon.cli.common import load_config, setup_logging
 from daemon.cli.followups import add_followup_commands
 from daemon.cli.growth import add_growth_commands

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from daemon import DISCLAIMER
+from ai_core.disclaimer import DISCLAIMER
 from daemon.cli.common import add_workers_option, positive_int, setup_logging
 
 

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from daemon import DISCLAIMER
+from ai_core.disclaimer import DISCLAIMER
 from daemon.cli.common import add_workers_option, positive_int, setup_logging
 
 log = logging.getLogger("ki67node")

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ai_core.disclaimer import DISCLAIMER
 from ai_core.errors import AiCoreError
 from ai_core.model.inputs import Characteristics, parse_bool
-from daemon import DISCLAIMER
 from daemon.cli.common import current_user, load_config, setup_logging
 from daemon.db.engine import make_engine, migrate
 from daemon.db.models import Series, Study, StudyCharacteristics, utcnow

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, inspect, select
 from sqlalchemy.orm import Session
 
-from daemon import DISCLAIMER
+from ai_core.disclaimer import DISCLAIMER
 from daemon.db.models import FollowupEntry, MeningiomaFinding, PatientFlag, utcnow
 from daemon.db.states import OPEN_FOLLOWUP_STATUSES, FollowupStatus
 from daemon.followup.surveillance import (

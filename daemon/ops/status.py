@@ -22,7 +22,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from daemon import DISCLAIMER, __version__
+from ai_core.disclaimer import DISCLAIMER
+from daemon import __version__
 from daemon.db.models import (
     AuditEvent,
     Instance,
