@@ -19,8 +19,8 @@ from ai_core.disclaimer import DISCLAIMER
 from daemon.db.models import FollowupEntry, MeningiomaFinding, PatientFlag, utcnow
 from daemon.db.states import OPEN_FOLLOWUP_STATUSES, FollowupStatus
 from daemon.followup.surveillance import (
-    GrowthComparison,
     SurveillanceError,
+    comparison_from_json,
     entry_summary,
     order_key,
     patient_entries,
@@ -123,7 +123,11 @@ def set_asymptomatic(
             if other.status in OPEN_FOLLOWUP_STATUSES and other.finding_id != latest.id:
                 other.status, other.status_changed_at = FollowupStatus.CANCELLED, now
                 result.setdefault("cancelled_other", []).append(other.id)
-    comparison = GrowthComparison.from_json(latest.comparison) if latest.comparison else None
+    comparison = (
+        comparison_from_json(latest.comparison, cfg.growth_threshold_percent)
+        if latest.comparison
+        else None
+    )
     entry, action = schedule_next(session, cfg, latest, comparison, now)
     session.flush()
     if entry is not None:

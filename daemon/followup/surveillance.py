@@ -32,6 +32,7 @@ from daemon.db.models import FollowupEntry, MeningiomaFinding, PatientFlag
 from daemon.db.states import OPEN_FOLLOWUP_STATUSES, FollowupStatus
 from daemon.errors import NodeError
 from daemon.settings import FollowupSettings
+from dicom_out.context import PriorComparison
 
 log = logging.getLogger(__name__)
 
@@ -61,34 +62,29 @@ class Finding:
     probability: float  # Output 1
 
 
-@dataclass(frozen=True)
-class GrowthComparison:
-    """The comparison with the prior finding, as the follow-up SR reports it."""
+# The comparison with the prior finding is dicom_out's PriorComparison (what the SR
+# reports). It is stored in meningioma_findings.comparison as JSON without the
+# threshold (a setting, not a measurement): these two functions are that format.
+def comparison_to_json(c: PriorComparison) -> dict[str, Any]:
+    """The stored form: every field but ``threshold_percent``, the date as ISO text."""
+    data = asdict(c)
+    del data["threshold_percent"]
+    data["prior_study_date"] = d.isoformat() if (d := c.prior_study_date) else None
+    return data
 
-    prior_study_uid: str
-    prior_study_date: dt.date | None
-    prior_volume_cm3: float
-    volume_cm3: float
-    interval_days: int | None
-    change_percent: float
-    grown: bool  # change_percent >= followup.growth_threshold_percent
-    annual_growth_percent: float | None  # compound annualised; None without dates
-    doubling_time_years: float | None  # ln2 * years / ln(V1/V0) when growing
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["prior_study_date"] = d.isoformat() if (d := self.prior_study_date) else None
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> GrowthComparison:
-        date = data.get("prior_study_date")
-        return cls(**{**data, "prior_study_date": dt.date.fromisoformat(date) if date else None})
+def comparison_from_json(data: dict[str, Any], threshold_percent: float) -> PriorComparison:
+    """Back from the stored form; ``threshold_percent`` is the setting it was judged with."""
+    date = data.get("prior_study_date")
+    return PriorComparison(
+        **{**data, "prior_study_date": dt.date.fromisoformat(date) if date else None},
+        threshold_percent=threshold_percent,
+    )
 
 
 @dataclass(frozen=True)
 class SurveillanceOutcome:
-    comparison: GrowthComparison | None
+    comparison: PriorComparison | None
     followup: dict[str, Any] | None  # JSON-safe: the entries closed / created / rescheduled
     note: str  # one line for the job result and the log, no patient data
 
@@ -169,7 +165,7 @@ def record_finding(
     prior = _match_prior(session, row)
     comparison = _comparison(cfg, prior, row) if prior is not None else None
     row.prior_finding_id = prior.id if prior is not None else None
-    row.comparison = comparison.to_json() if comparison is not None else None
+    row.comparison = comparison_to_json(comparison) if comparison is not None else None
     closed = _close_earlier_entries(session, row, comparison, now)
     entry, action = schedule_next(session, cfg, row, comparison, now)
     session.flush()
@@ -261,7 +257,7 @@ def _same_lesion(
 
 def _comparison(
     cfg: FollowupSettings, prior: MeningiomaFinding, row: MeningiomaFinding
-) -> GrowthComparison | None:
+) -> PriorComparison | None:
     if prior.volume_cm3 <= 0:
         return None
     interval = None
@@ -270,7 +266,7 @@ def _comparison(
     change, grown, annual, doubling = compare_volumes(
         prior.volume_cm3, row.volume_cm3, interval, cfg.growth_threshold_percent
     )
-    return GrowthComparison(
+    return PriorComparison(
         prior_study_uid=prior.study_uid,
         prior_study_date=prior.study_date,
         prior_volume_cm3=prior.volume_cm3,
@@ -278,6 +274,7 @@ def _comparison(
         interval_days=interval,
         change_percent=change,
         grown=grown,
+        threshold_percent=cfg.growth_threshold_percent,
         annual_growth_percent=annual,
         doubling_time_years=doubling,
     )
@@ -294,7 +291,7 @@ def patient_entries(session: Session, patient_id: str, issuer: str) -> list[Foll
 
 
 def _close_earlier_entries(
-    session: Session, row: MeningiomaFinding, comparison: GrowthComparison | None, now: dt.datetime
+    session: Session, row: MeningiomaFinding, comparison: PriorComparison | None, now: dt.datetime
 ) -> list[FollowupEntry]:
     """Open entries of earlier findings, and entries this finding closed before (a re-run)."""
     status = (
@@ -325,7 +322,7 @@ def schedule_next(
     session: Session,
     cfg: FollowupSettings,
     row: MeningiomaFinding,
-    comparison: GrowthComparison | None,
+    comparison: PriorComparison | None,
     now: dt.datetime,
 ) -> tuple[FollowupEntry | None, str]:
     """Create, reschedule or cancel the entry that follows ``row``; ``(entry, action)``."""
@@ -369,7 +366,7 @@ def schedule_next(
 
 
 def _note(
-    comparison: GrowthComparison | None,
+    comparison: PriorComparison | None,
     prior: MeningiomaFinding | None,
     closed: list[FollowupEntry],
     entry: FollowupEntry | None,

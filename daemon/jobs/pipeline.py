@@ -191,21 +191,7 @@ class Surveillance:
         except SurveillanceError as exc:
             log.warning("series %s: follow-up rules not applied: %s", finding.series_uid, exc)
             return None
-        c = self.outcome.comparison
-        if c is None:
-            return None
-        return PriorComparison(
-            prior_study_uid=c.prior_study_uid,
-            prior_study_date=c.prior_study_date,
-            prior_volume_cm3=c.prior_volume_cm3,
-            volume_cm3=c.volume_cm3,
-            interval_days=c.interval_days,
-            change_percent=c.change_percent,
-            grown=c.grown,
-            threshold_percent=self.cfg.growth_threshold_percent,
-            annual_growth_percent=c.annual_growth_percent,
-            doubling_time_years=c.doubling_time_years,
-        )
+        return self.outcome.comparison
 
     def summary(self) -> dict[str, Any] | None:
         if self.outcome is None:
