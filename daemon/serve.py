@@ -126,7 +126,7 @@ class Node:
             max_attempts=settings.pipeline.job_max_attempts,
             backoff_seconds=settings.pipeline.job_retry_backoff_seconds,
         )
-        self.listener = Listener(settings, self.ingest, self.spool)
+        self.listener = Listener(settings, self.ingest)
         self.supervisor = WorkerSupervisor(settings)
         self.delivery = DeliveryService(settings, self.sessionmaker)
         self.scheduler = (

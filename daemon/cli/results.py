@@ -24,9 +24,9 @@ from ai_core.model.inputs import Characteristics, parse_bool
 from daemon.cli.common import current_user, load_config, setup_logging
 from daemon.db.engine import make_engine, migrate
 from daemon.db.models import Series, Study, StudyCharacteristics, utcnow
+from daemon.dicom.storage import valid_uid
 from daemon.errors import NodeError
 from daemon.intake.headers import extract_header
-from daemon.intake.ingest import valid_uid
 from daemon.intake.reanalysis import requeue_series
 from daemon.intake.series_filter import decide_series
 from daemon.jobs.queue import QueueFactory

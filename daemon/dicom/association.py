@@ -14,6 +14,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from daemon.dicom.dimse import (
     C_ECHO_RQ,
@@ -28,6 +29,14 @@ from daemon.dicom.dimse import (
     store_response,
 )
 from daemon.dicom.dimse_status import Status, is_failure
+from daemon.dicom.storage import (
+    InstanceStore,
+    ReceivingFile,
+    StoreOutcome,
+    failure_status,
+    rejection_reason,
+    valid_uid,
+)
 from daemon.dicom.ul_pdu import (
     APPLICATION_CONTEXT,
     PDU_TYPES,
@@ -51,9 +60,7 @@ from daemon.dicom.ul_pdu import (
     parse_associate_rq,
     unpack_header,
 )
-from daemon.errors import SpoolError
-from daemon.intake.ingest import IngestStore, valid_uid
-from daemon.intake.spool import Spool, SpoolTemp
+from daemon.errors import InvalidInstanceError
 from daemon.ops import metrics
 
 log = logging.getLogger(__name__)
@@ -93,7 +100,7 @@ class _Message:
     context_id: int
     command_bytes: bytearray = field(default_factory=bytearray)
     command: Command | None = None
-    temp: SpoolTemp | None = None
+    temp: ReceivingFile | None = None
     dataset_bytes: int = 0
     reject: tuple[int, str] | None = None
 
@@ -136,14 +143,12 @@ class AcceptorAssociation:
         self,
         sock: socket.socket,
         config: AcceptorConfig,
-        ingest: IngestStore,
-        spool: Spool,
+        storage: InstanceStore[Any],
         peer: str,
     ) -> None:
         self.sock = sock
         self.config = config
-        self.ingest = ingest
-        self.spool = spool
+        self.storage = storage
         self.peer = peer
         self.calling_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract, transfer)
@@ -372,12 +377,12 @@ class AcceptorAssociation:
             return
         if msg.reject is None:
             try:
-                msg.temp = self.spool.open_temp()
+                msg.temp = self.storage.open_temp()
                 msg.temp.write(file_meta(sop_class, sop_instance, transfer, self.calling_ae))
-            except SpoolError as exc:
+            except Exception as exc:  # noqa: BLE001 - the network boundary: a status, not a crash
                 log.error("cannot open a spool file: %s", exc)
-                msg.temp = None
-                msg.reject = (Status.OUT_OF_RESOURCES, "spool unavailable")
+                self._drop_temp(msg)
+                msg.reject = failure_status(exc)
 
     def _on_dataset_fragment(self, msg: _Message, fragment: memoryview) -> None:
         msg.dataset_bytes += len(fragment)
@@ -390,10 +395,10 @@ class AcceptorAssociation:
         assert msg.temp is not None
         try:
             msg.temp.write(fragment)
-        except SpoolError as exc:
+        except Exception as exc:  # noqa: BLE001 - the network boundary: a status, not a crash
             log.error("spool write failed: %s", exc)
             msg.temp = None
-            msg.reject = (Status.OUT_OF_RESOURCES, "spool write failed")
+            msg.reject = failure_status(exc)
 
     def _finish_store(self, msg: _Message) -> None:
         started = time.perf_counter()
@@ -406,20 +411,39 @@ class AcceptorAssociation:
         temp, msg.temp = msg.temp, None
         try:
             temp.flush()
-        except SpoolError as exc:
+        except Exception as exc:  # noqa: BLE001 - the network boundary: a status, not a crash
             log.error("spool flush failed: %s", exc)
-            self._reply_store(msg, Status.OUT_OF_RESOURCES, "spool write failed")
+            self._reply_store(msg, *failure_status(exc))
             return
-        outcome = self.ingest.store(
-            temp,
-            sop_class=msg.command.text(TAG_AFFECTED_SOP_CLASS) or "",
-            sop_instance=msg.command.text(TAG_AFFECTED_SOP_INSTANCE) or "",
-            calling_aet=self.calling_ae,
-        )
+        outcome = self._store(temp, msg.command)
         if not is_failure(outcome.status):
             self.stored += 1
         metrics.STORE_SECONDS.observe(time.perf_counter() - started)
         self._reply_store(msg, outcome.status, outcome.comment)
+
+    def _store(self, temp: ReceivingFile, command: Command) -> StoreOutcome:
+        """Hand the received file to storage; any error becomes its DIMSE status here."""
+        sop_instance = command.text(TAG_AFFECTED_SOP_INSTANCE) or ""
+        try:
+            return self.storage.store(
+                temp,
+                sop_class=command.text(TAG_AFFECTED_SOP_CLASS) or "",
+                sop_instance=sop_instance,
+                calling_aet=self.calling_ae,
+            )
+        except Exception as exc:  # noqa: BLE001 - the network boundary: a status, not a crash
+            status, comment = failure_status(exc)
+            metrics.REJECTIONS.labels(reason=rejection_reason(exc)).inc()
+            if isinstance(exc, InvalidInstanceError):
+                log.warning("rejected instance %s from %s: %s", sop_instance, self.calling_ae, exc)
+            else:
+                log.error(
+                    "storing %s failed: %s",
+                    sop_instance,
+                    exc,
+                    exc_info=status is Status.PROCESSING_FAILURE,
+                )
+            return StoreOutcome(status, comment)
 
     def _reply_store(self, msg: _Message, status: int, comment: str = "") -> None:
         assert msg.command is not None

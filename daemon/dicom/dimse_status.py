@@ -10,6 +10,7 @@ class Status(IntEnum):
     # General failures (PS3.7 C.4)
     SOP_CLASS_NOT_SUPPORTED = 0x0122
     NOT_AUTHORIZED = 0x0124
+    PROCESSING_FAILURE = 0x0110
     UNRECOGNIZED_OPERATION = 0x0211
     # Storage service class (PS3.4 B.2.3)
     OUT_OF_RESOURCES = 0xA700

@@ -15,6 +15,7 @@ import ssl
 import threading
 import time
 from contextlib import suppress
+from typing import Any
 
 from pydicom.uid import (
     EnhancedMRImageStorage,
@@ -30,6 +31,7 @@ from daemon.dicom.association import (
     AcceptorConfig,
     PeerGone,
 )
+from daemon.dicom.storage import InstanceStore
 from daemon.dicom.ul_pdu import (
     PduType,
     PresentationRejectReason,
@@ -39,8 +41,6 @@ from daemon.dicom.ul_pdu import (
     encode_associate_rj,
     unpack_header,
 )
-from daemon.intake.ingest import IngestStore
-from daemon.intake.spool import Spool
 from daemon.ops import metrics
 from daemon.settings import Settings
 
@@ -133,10 +133,9 @@ def make_tls_context(settings: Settings) -> ssl.SSLContext:
 class Listener:
     """Accepts associations on (bind, port) until :meth:`stop`."""
 
-    def __init__(self, settings: Settings, ingest: IngestStore, spool: Spool) -> None:
+    def __init__(self, settings: Settings, storage: InstanceStore[Any]) -> None:
         self.settings = settings
-        self.ingest = ingest
-        self.spool = spool
+        self.storage = storage
         self.config = acceptor_config(settings)
         self.tls = make_tls_context(settings) if settings.tls.enabled else None
         self.max_associations = settings.node.max_associations
@@ -262,7 +261,7 @@ class Listener:
             wrapped = self._handshake(conn)
             if wrapped is None:
                 return
-            assoc = AcceptorAssociation(wrapped, self.config, self.ingest, self.spool, peer)
+            assoc = AcceptorAssociation(wrapped, self.config, self.storage, peer)
             assoc.stopping = self._stop.is_set()
             with self._lock:
                 self._active[key] = wrapped

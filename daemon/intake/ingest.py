@@ -27,7 +27,8 @@ from daemon.db.audit import audit
 from daemon.db.models import Instance, QuarantinedInstance, Series, Study, utcnow
 from daemon.db.states import AuditKind, AuditLevel, SeriesState
 from daemon.dicom.dimse_status import Status
-from daemon.errors import InvalidInstanceError, SpoolError
+from daemon.dicom.storage import StoreOutcome, valid_uid
+from daemon.errors import DatabaseError, InvalidInstanceError
 from daemon.intake.dataset_check import ScanResult, scan_file
 from daemon.intake.spool import Spool, SpoolTemp, sha256_file
 from daemon.ops import metrics
@@ -36,24 +37,6 @@ log = logging.getLogger(__name__)
 
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 _SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DateTime in SQLite
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-def valid_uid(uid: object) -> bool:
-    """A UID we accept as an identifier: digits and dots, 1-64 characters.
-
-    Leading zeros in components are tolerated (old modalities write them),
-    anything else (letters, '/', '..', NUL, empty components) is not.
-    """
-    return isinstance(uid, str) and 0 < len(uid) <= 64 and bool(_UID_RE.fullmatch(uid))
-
-
-@dataclass(frozen=True)
-class StoreOutcome:
-    status: int
-    comment: str = ""
-    series_id: int | None = None
-    duplicate: bool = False
 
 
 # Top-level elements intake reads (groups 0008-0028): identifiers, the
@@ -249,30 +232,34 @@ class IngestStore:
         sop_instance: str,
         calling_aet: str,
     ) -> StoreOutcome:
-        """Validate and keep ``temp`` (already flushed); never raises."""
+        """Validate and keep ``temp`` (already flushed).
+
+        Raises :class:`InvalidInstanceError` (nothing kept), :class:`SpoolError`
+        or :class:`DatabaseError` (the published file is removed again); the
+        association maps each to its DIMSE status
+        (:func:`daemon.dicom.storage.failure_status`).
+        """
         try:
             header = self._read_header(temp.path)
             self._validate(header, sop_class, sop_instance)
-        except InvalidInstanceError as exc:
+        except InvalidInstanceError:
             temp.discard()
-            metrics.REJECTIONS.labels(reason=Status(exc.status).name.lower()).inc()
-            log.warning("rejected instance %s from %s: %s", sop_instance, calling_aet, exc)
-            return StoreOutcome(exc.status, str(exc))
-        try:
-            stored = temp.commit()
-        except SpoolError as exc:
-            metrics.REJECTIONS.labels(reason="spool_error").inc()
-            log.error("spool write failed for %s: %s", sop_instance, exc)
-            return StoreOutcome(Status.OUT_OF_RESOURCES, "spool write failed")
+            raise
+        stored = temp.commit()
         try:
             return self._record(
                 header, stored.relpath, stored.size_bytes, stored.sha256, calling_aet
             )
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             self.spool.delete(stored.relpath)
-            metrics.REJECTIONS.labels(reason="database_error").inc()
-            log.error("database write failed for %s: %s", sop_instance, exc.__class__.__name__)
-            return StoreOutcome(Status.OUT_OF_RESOURCES, "database unavailable")
+            raise DatabaseError(
+                f"database write failed ({exc.__class__.__name__}); check the database "
+                "(disk space, permissions, a lock held elsewhere)"
+            ) from exc
+
+    def open_temp(self) -> SpoolTemp:
+        """A spool file for one data set being received (:class:`InstanceStore`)."""
+        return self.spool.open_temp()
 
     def index_existing(self, relpath: str) -> bool:
         """Record a published spool file that has no row (start-up recovery)."""
