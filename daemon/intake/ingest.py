@@ -3,24 +3,24 @@
 Order matters and is the whole point of this module: the bytes are durable
 in the spool (fsync, rename, fsync folder) *before* the row is committed,
 and the row is committed *before* the caller answers Success. Any failure
-answers with a named failure status and leaves neither a file nor a row.
+raises (the association turns it into a named failure status,
+:func:`daemon.dicom.storage.failure_status`) and leaves neither a file nor a
+row. Rows are written one way, with SQLAlchemy Core on both databases.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from pydicom.charset import convert_encodings, decode_bytes
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from daemon.db.audit import audit
@@ -36,7 +36,6 @@ from daemon.ops import metrics
 log = logging.getLogger(__name__)
 
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
-_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DateTime in SQLite
 
 
 # Top-level elements intake reads (groups 0008-0028): identifiers, the
@@ -134,24 +133,15 @@ def _int(value: bytes | None) -> int | None:
         return None
 
 
-_SQL = {
-    # Only a series still receiving is touched here; a completed one takes
-    # the slow path, which re-opens it as a new revision.
-    "touch_series": "UPDATE series SET instance_count = instance_count + 1, "
-    "last_received_at = :now WHERE id = :id AND state = 'receiving'",
-    "insert_instance": "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_id, "
-    "transfer_syntax_uid, path, size_bytes, sha256, instance_number, calling_aet, received_at, "
-    "header) VALUES (:sop, :cls, :series, :ts, :path, :size, :sha, :num, :aet, :now, :header)",
-}
-
-
-def _driver_sql(dialect: str) -> dict[str, str]:
-    """The hot-path statements in the driver's own parameter style."""
-    if dialect == "sqlite":  # sqlite3 takes :name with a dict
-        return dict(_SQL)
-    if dialect == "postgresql":  # psycopg takes %(name)s
-        return {k: re.sub(r":(\w+)", r"%(\1)s", v) for k, v in _SQL.items()}
-    raise ValueError(f"unsupported database dialect {dialect!r}")
+# The per-instance statements, built once (SQLAlchemy caches their compiled form).
+# Only a series still receiving is touched; a completed one is re-opened as a
+# new revision by _upsert_series.
+_TOUCH_SERIES = (
+    update(Series)
+    .where(Series.id == bindparam("series_id"), Series.state == SeriesState.RECEIVING)
+    .values(instance_count=Series.instance_count + 1, last_received_at=bindparam("now"))
+)
+_INSERT_INSTANCE = insert(Instance)
 
 
 class IngestStore:
@@ -168,50 +158,10 @@ class IngestStore:
         self.on_stored = on_stored
         # series_uid -> id of series seen by this process (ids never change).
         self._series_ids: dict[str, int] = {}
-        self._sql = _driver_sql(engine.dialect.name)
         # SQLite has one writer at a time and its busy handler sleeps in
         # steps of up to 100 ms; queueing the association threads on a lock
         # here hands the write lock over at once instead.
         self._sqlite_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
-        self._raw: Any = None  # the fast path's SQLite connection, opened on first use
-
-    def _insert_fast(self, series_id: int, row: dict[str, Any]) -> bool:
-        """SQLite: touch the series and insert the instance on a dedicated
-        driver connection, no SQLAlchemy in between (the per-instance path).
-
-        Returns False when the series is not receiving any more (the caller
-        takes the general path, which re-opens it); raises
-        ``sqlite3.IntegrityError`` for a SOP Instance UID stored already.
-        PostgreSQL always takes the general path.
-        """
-        if self._sqlite_lock is None:
-            return False
-        params = dict(row, series=series_id, now=row["now"].strftime(_SQLITE_DATETIME))
-        with self._sqlite_lock:
-            if self._raw is None:
-                self._raw = self.engine.raw_connection()
-            cur = self._raw.cursor()
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-                cur.execute(self._sql["touch_series"], {"id": series_id, "now": params["now"]})
-                if cur.rowcount != 1:
-                    cur.execute("ROLLBACK")
-                    return False
-                cur.execute(self._sql["insert_instance"], params)
-                cur.execute("COMMIT")
-                return True
-            except sqlite3.Error:
-                with suppress(sqlite3.Error):
-                    cur.execute("ROLLBACK")
-                raise
-            finally:
-                cur.close()
-
-    def close(self) -> None:
-        """Return the dedicated connection (tests, shutdown)."""
-        if self._raw is not None:
-            self._raw.close()
-            self._raw = None
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
@@ -250,7 +200,7 @@ class IngestStore:
             return self._record(
                 header, stored.relpath, stored.size_bytes, stored.sha256, calling_aet
             )
-        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+        except (SQLAlchemyError, OSError) as exc:
             self.spool.delete(stored.relpath)
             raise DatabaseError(
                 f"database write failed ({exc.__class__.__name__}); check the database "
@@ -327,35 +277,29 @@ class IngestStore:
         series_uid = str(header.series_uid)
         now = utcnow()
         row = {
-            "sop": sop_uid,
-            "cls": header.sop_class,
-            "ts": header.transfer_syntax,
+            "sop_instance_uid": sop_uid,
+            "sop_class_uid": header.sop_class,
+            "transfer_syntax_uid": header.transfer_syntax,
             "path": relpath,
-            "size": size,
-            "sha": sha256,
-            "num": header.instance_number,
-            "aet": calling_aet[:16],
-            "now": now,
-            "header": None,
+            "size_bytes": size,
+            "sha256": sha256,
+            "instance_number": header.instance_number,
+            "calling_aet": calling_aet[:16],
+            "received_at": now,
         }
         series_id = self._series_ids.get(series_uid)
         try:
-            if series_id is None or not self._insert_fast(series_id, row):
-                with self._writing() as conn:
-                    # Hot path (every instance of a series after the first): one
-                    # UPDATE and one INSERT as plain driver SQL; the statement
-                    # compiler costs more than the database here.
-                    touched = 0
-                    if series_id is not None:
-                        touched = conn.exec_driver_sql(
-                            self._sql["touch_series"], {"id": series_id, "now": now}
-                        ).rowcount
-                    if touched != 1:
-                        series_id = self._upsert_series(conn, header)
-                    assert series_id is not None
-                    row["series"] = series_id
-                    conn.exec_driver_sql(self._sql["insert_instance"], row)
-        except (IntegrityError, sqlite3.IntegrityError):
+            # The one write path: touch the series (or create / re-open it), then
+            # insert the instance row, in one transaction.
+            with self._writing() as conn:
+                touched = 0
+                if series_id is not None:
+                    params = {"series_id": series_id, "now": now}
+                    touched = conn.execute(_TOUCH_SERIES, params).rowcount
+                if series_id is None or touched != 1:
+                    series_id = self._upsert_series(conn, header)
+                conn.execute(_INSERT_INSTANCE, {**row, "series_id": series_id})
+        except IntegrityError:
             # The same SOP Instance UID is stored already (resent, or another
             # association stored it just now).
             with self._writing() as conn:
