@@ -14,14 +14,11 @@ from sqlalchemy.orm import Session
 from daemon.cli.followups import set_asymptomatic
 from daemon.db.engine import make_engine, migrate
 from daemon.db.models import AuditEvent, FollowupEntry, MeningiomaFinding
+from daemon.followup.rules import SurveillanceError, add_months, compare_volumes, status_at
 from daemon.followup.scheduler import flag_due, flag_overdue
 from daemon.followup.surveillance import (
     Finding,
-    SurveillanceError,
-    add_months,
-    compare_volumes,
     record_finding,
-    status_at,
 )
 from daemon.settings import FollowupSettings
 

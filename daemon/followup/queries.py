@@ -18,9 +18,8 @@ from sqlalchemy.orm import Session
 from ai_core.disclaimer import DISCLAIMER
 from daemon.db.models import FollowupEntry, MeningiomaFinding, PatientFlag, utcnow
 from daemon.db.states import OPEN_FOLLOWUP_STATUSES, FollowupStatus
+from daemon.followup.rules import SurveillanceError, comparison_from_json
 from daemon.followup.surveillance import (
-    SurveillanceError,
-    comparison_from_json,
     entry_summary,
     order_key,
     patient_entries,

@@ -45,7 +45,7 @@ from daemon.db.states import (
     OutboxState,
     SeriesState,
 )
-from daemon.followup.surveillance import status_at
+from daemon.followup.rules import status_at
 from daemon.intake.spool import Spool
 from daemon.settings import FollowupSettings, Settings
 

@@ -29,9 +29,9 @@ from ai_core.model.inputs import Characteristics
 from ai_core.volume import Volume, load_series
 from daemon.db.models import Instance, Series, Study, StudyCharacteristics, utcnow
 from daemon.errors import JobError, SpoolError
+from daemon.followup.rules import SurveillanceError
 from daemon.followup.surveillance import (
     Finding,
-    SurveillanceError,
     SurveillanceOutcome,
     record_finding,
 )
