@@ -22,14 +22,13 @@ from daemon.db.models import (
     SeriesDecision,
     Study,
 )
+from daemon.db.read import make_read_engine, safe_url
 from daemon.errors import DatabaseError
 from daemon.ops import status as status_mod
 from daemon.ops.status import (
     collect_status,
     format_status,
-    make_read_engine,
     query_status,
-    safe_url,
 )
 from daemon.settings import Settings
 

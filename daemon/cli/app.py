@@ -20,6 +20,7 @@ from daemon.cli.growth import add_growth_commands
 from daemon.cli.model import add_model_commands
 from daemon.cli.results import add_result_commands
 from daemon.cli.synth import add_synth_command
+from daemon.db.read import safe_url
 from daemon.errors import ConfigError, NodeError
 from daemon.ops.status import collect_status, format_status
 from daemon.serve import serve
@@ -36,7 +37,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"{key}: {msg}", file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
-    print(f"configuration OK (data_dir={settings.data_dir}, database={_safe_url(settings)})")
+    print(
+        f"configuration OK (data_dir={settings.data_dir}, database={safe_url(settings.database_url)})"
+    )
     print(f"destinations: {_describe_destinations(settings)}")
     return 0
 
@@ -50,12 +53,6 @@ def _describe_destinations(settings: Settings) -> str:
         "dicomweb": lambda d: f"STOW-RS to {d.url}",
     }
     return "; ".join(f"{d.name} ({where[d.type](d)})" for d in settings.destinations)
-
-
-def _safe_url(settings: Settings) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(settings.database_url).render_as_string(hide_password=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

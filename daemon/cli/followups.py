@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 from daemon.cli.common import current_user, load_config
 from daemon.db.engine import make_engine, migrate
 from daemon.db.models import utcnow
+from daemon.db.read import database_missing, make_read_engine
 from daemon.followup.queries import followup_report, set_asymptomatic
-from daemon.ops.status import database_missing, make_read_engine
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)

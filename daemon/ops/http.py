@@ -7,7 +7,7 @@ are closed), a socket timeout per read, and a hard deadline per connection
 enforced by the serving loop. Responses carry counts and reasons, never
 patient data, except ``/api/followups`` (the follow-up list, read-only: it
 names patients, which is why ``http.bind`` defaults to 127.0.0.1). Database reads go through a separate read engine
-(:func:`daemon.ops.status.make_read_engine`), so a scrape never takes SQLite's
+(:func:`daemon.db.read.make_read_engine`), so a scrape never takes SQLite's
 write lock and a broken database only turns ``ki67node_database_up`` to 0.
 """
 
@@ -32,10 +32,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from daemon import __version__
+from daemon.db.read import database_missing, make_read_engine
 from daemon.errors import DatabaseError
 from daemon.followup.queries import followup_report
 from daemon.ops.metrics import REGISTRY, DatabaseCollector
-from daemon.ops.status import collect_status, database_missing, make_read_engine
+from daemon.ops.status import collect_status
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)

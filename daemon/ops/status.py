@@ -2,7 +2,7 @@
 
 The report is a plain JSON-able dict, built by one function and shared by the
 CLI, the HTTP status server and the Prometheus collector (``daemon.ops.metrics``).
-Reads go through a *read engine* (:func:`make_read_engine`): for SQLite it is
+Reads go through a *read engine* (:func:`daemon.db.read.make_read_engine`): for SQLite it is
 ``query_only`` and never issues ``BEGIN IMMEDIATE``, so a status query or a
 scrape never takes the write lock the listener needs. A missing database is
 not created or migrated: the report says "no database yet". Nothing in the
@@ -15,11 +15,9 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, func, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ai_core.disclaimer import DISCLAIMER
@@ -34,6 +32,7 @@ from daemon.db.models import (
     SeriesDecision,
     Study,
 )
+from daemon.db.read import make_read_engine, safe_url, sqlite_path
 from daemon.db.states import AuditLevel, JobState, OutboxState, SeriesState
 from daemon.errors import DatabaseError
 from daemon.settings import Settings
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 RECENT_JOBS_FOR_LATENCY = 200
 TOP_REASONS = 10
 LAST_ERRORS = 10
-QUERY_TIMEOUT_SECONDS = 5
 
 # States the rest of the daemon writes; listed so that a zero still shows.
 SERIES_STATES = tuple(SeriesState)
@@ -54,61 +52,6 @@ DB_OK = "ok"
 DB_MISSING = "missing"
 # The table whose presence means "the schema has been created".
 _SCHEMA_MARKER_TABLE = "jobs"
-
-
-def safe_url(url: str) -> str:
-    """The database URL with its password replaced by ``***``."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def _sqlite_path(url: str) -> Path | None:
-    if not url.startswith("sqlite:///"):
-        return None
-    raw = url.removeprefix("sqlite:///").split("?", 1)[0]
-    return Path(raw) if raw and raw != ":memory:" else None
-
-
-def database_missing(settings: Settings) -> bool:
-    """True when the SQLite database file does not exist yet (read commands never create it)."""
-    path = _sqlite_path(settings.database_url)
-    return path is not None and not path.is_file()
-
-
-def make_read_engine(settings: Settings) -> Engine:
-    """An engine for reads only (status, metrics); see the module docstring."""
-    url = settings.database_url
-    timeout_s = settings.database.busy_timeout_ms / 1000
-    if url.startswith("sqlite"):
-        engine = create_engine(
-            url,
-            connect_args={
-                "timeout": min(timeout_s, QUERY_TIMEOUT_SECONDS),
-                "check_same_thread": False,
-            },
-            pool_size=2,
-        )
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA query_only=ON")
-            cur.execute(f"PRAGMA busy_timeout={int(QUERY_TIMEOUT_SECONDS * 1000)}")
-            cur.close()
-
-        return engine
-    return create_engine(
-        url,
-        pool_size=2,
-        max_overflow=2,
-        pool_pre_ping=True,
-        connect_args={
-            "connect_timeout": QUERY_TIMEOUT_SECONDS,
-            "options": (
-                f"-c statement_timeout={QUERY_TIMEOUT_SECONDS * 1000} "
-                "-c default_transaction_read_only=on"
-            ),
-        },
-    )
 
 
 def collect_status(settings: Settings, engine: Engine | None = None) -> dict[str, Any]:
@@ -124,7 +67,7 @@ def collect_status(settings: Settings, engine: Engine | None = None) -> dict[str
         "data_dir": str(settings.data_dir),
         "database": {"url": safe_url(url), "state": DB_MISSING},
     }
-    db_file = _sqlite_path(url)
+    db_file = sqlite_path(url)
     if db_file is not None and not db_file.is_file():
         return report  # never create it here: `serve` creates and migrates it
     own = engine is None
