@@ -34,7 +34,8 @@ from daemon.jobs.queue import (
     JobRunner,
     QueueFactory,
 )
-from daemon.jobs.workers import WorkerOptions, WorkerSupervisor, host_prefix, resolve_target
+from daemon.jobs.worker_process import WorkerOptions, resolve_target
+from daemon.jobs.workers import WorkerSupervisor, host_prefix
 from daemon.settings import Settings
 from tests.test_volume import COLS, ROWS, write_classic
 
@@ -340,7 +341,7 @@ def test_worker_gives_back_its_job_and_exits_when_the_supervisor_dies(
     script = (
         "import sys, time, json\n"
         "from daemon.settings import load_settings\n"
-        "from daemon.jobs.workers import WorkerOptions, WorkerSupervisor\n"
+        "from daemon.jobs.worker_process import WorkerOptions\nfrom daemon.jobs.workers import WorkerSupervisor\n"
         "sup = WorkerSupervisor(load_settings(None), n_workers=1, job_target='tests.test_workers:hang',\n"
         "    options=WorkerOptions(idle_poll_seconds=0.1, heartbeat_seconds=0.5))\n"
         "sup.start()\n"
