@@ -70,7 +70,7 @@ def test_retired_key_is_accepted_with_a_warning(
     """An old file naming node.dimse_timeout_seconds (read by nothing) still loads."""
     cfg = tmp_path / "old.toml"
     cfg.write_text("[node]\ndimse_timeout_seconds = 60\n")
-    with caplog.at_level(logging.WARNING, logger="daemon.settings"):
+    with caplog.at_level(logging.WARNING, logger="daemon.settings_parse"):
         s = load_settings(cfg, env={}, base_dir=tmp_path)
     assert s == load_settings(None, env={}, base_dir=tmp_path)
     assert "node.dimse_timeout_seconds is retired" in caplog.text
