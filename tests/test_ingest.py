@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import Instance, Job, QuarantinedInstance, Series, SeriesDecision
-from daemon.dicom.association import file_meta
 from daemon.dicom.dimse_status import Status
+from daemon.dicom.file_meta import file_meta
 from daemon.dicom.storage import failure_status
 from daemon.errors import NodeError
 from daemon.intake.decisions import decide

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,13 @@ from daemon.dicom.dimse import (
     store_response,
 )
 from daemon.dicom.dimse_status import Status, is_failure
+from daemon.dicom.file_meta import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION,
+    file_meta,
+    safe_ae,
+)
+from daemon.dicom.negotiation import AcceptorConfig, association_reject, context_results
 from daemon.dicom.storage import (
     InstanceStore,
     ReceivingFile,
@@ -38,19 +44,14 @@ from daemon.dicom.storage import (
     valid_uid,
 )
 from daemon.dicom.ul_pdu import (
-    APPLICATION_CONTEXT,
     PDU_TYPES,
     AbortReason,
     AbortSource,
-    AcseRejectReason,
     AssociateRequest,
     ContextResult,
     MessageControl,
     PduType,
     ProtocolError,
-    RejectResult,
-    RejectSource,
-    UserRejectReason,
     encode_abort,
     encode_associate_ac,
     encode_associate_rj,
@@ -65,26 +66,9 @@ from daemon.ops import metrics
 
 log = logging.getLogger(__name__)
 
-IMPLEMENTATION_CLASS_UID = "2.25.231874829155327340129874467231109821447"
-IMPLEMENTATION_VERSION = "KI67NODE_010"
 VERIFICATION = "1.2.840.10008.1.1"
 MAX_ASSOCIATE_RQ_BYTES = 1_048_576
 STOP_POLL_SECONDS = 0.25  # how often an idle association checks for a stop
-_META_PREFIX = b"\x00" * 128 + b"DICM"
-
-
-@dataclass(frozen=True)
-class AcceptorConfig:
-    """What the acceptor negotiates and how long it waits."""
-
-    ae_title: str
-    abstract_syntaxes: frozenset[str]
-    transfer_syntaxes: frozenset[str]
-    allowed_calling_aets: frozenset[str] = frozenset()
-    max_pdu: int = 4_194_304
-    max_instance_bytes: int = 536_870_912
-    acse_timeout: float = 30.0
-    network_timeout: float = 60.0
 
 
 class PeerGone(Exception):
@@ -103,37 +87,6 @@ class _Message:
     temp: ReceivingFile | None = None
     dataset_bytes: int = 0
     reject: tuple[int, str] | None = None
-
-
-def _short_text(tag: int, vr: bytes, value: bytes) -> bytes:
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
-
-
-def _even(raw: bytes, pad: bytes) -> bytes:
-    return raw + pad if len(raw) % 2 else raw
-
-
-def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str) -> bytes:
-    """Preamble, 'DICM' and the File Meta group, encoded directly (PS3.10 §7.1)."""
-    elements = (
-        struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2)
-        + b"\x00\x01"
-        + _short_text(0x00020002, b"UI", _even(sop_class.encode(), b"\x00"))
-        + _short_text(0x00020003, b"UI", _even(sop_instance.encode(), b"\x00"))
-        + _short_text(0x00020010, b"UI", _even(transfer_syntax.encode(), b"\x00"))
-        + _short_text(0x00020012, b"UI", _even(IMPLEMENTATION_CLASS_UID.encode(), b"\x00"))
-        + _short_text(0x00020013, b"SH", _even(IMPLEMENTATION_VERSION.encode(), b" "))
-    )
-    if source_ae:
-        elements += _short_text(0x00020016, b"AE", _even(source_ae.encode(), b" "))
-    group_length = _short_text(0x00020000, b"UL", struct.pack("<L", len(elements)))
-    return _META_PREFIX + group_length + elements
-
-
-def safe_ae(text: str) -> str:
-    """An AE title fit for a file header: printable ASCII, no backslash, ≤ 16."""
-    cleaned = "".join(c for c in text if 0x20 <= ord(c) < 0x7F and c != "\\").strip()
-    return cleaned[:16]
 
 
 class AcceptorAssociation:
@@ -256,47 +209,18 @@ class AcceptorAssociation:
 
     def _negotiate(self, rq: AssociateRequest) -> bool:
         self.calling_ae = safe_ae(rq.calling_ae)
-        reject: tuple[RejectResult, RejectSource, int] | None = None
-        if not rq.protocol_version & 1:
-            reject = (
-                RejectResult.PERMANENT,
-                RejectSource.SERVICE_PROVIDER_ACSE,
-                AcseRejectReason.PROTOCOL_VERSION_NOT_SUPPORTED,
-            )
-        elif rq.application_context != APPLICATION_CONTEXT:
-            reject = (
-                RejectResult.PERMANENT,
-                RejectSource.SERVICE_USER,
-                UserRejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED,
-            )
-        elif (
-            self.config.allowed_calling_aets
-            and rq.calling_ae not in self.config.allowed_calling_aets
-        ):
-            reject = (
-                RejectResult.PERMANENT,
-                RejectSource.SERVICE_USER,
-                UserRejectReason.CALLING_AE_NOT_RECOGNIZED,
-            )
+        reject = association_reject(rq, self.config)
         if reject is not None:
             metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
             metrics.REJECTIONS.labels(reason="association_rejected").inc()
             log.warning("association from %s rejected (reason %s)", self.peer, reject)
             self._try_send(encode_associate_rj(*reject))
             return False
-        results: list[tuple[int, int, str]] = []
-        for pc in rq.contexts:
-            if pc.abstract_syntax not in self.config.abstract_syntaxes:
-                results.append((pc.context_id, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, ""))
-                continue
-            chosen = next(
-                (t for t in pc.transfer_syntaxes if t in self.config.transfer_syntaxes), ""
-            )
-            if not chosen:
-                results.append((pc.context_id, ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, ""))
-                continue
-            results.append((pc.context_id, ContextResult.ACCEPTANCE, chosen))
-            self.contexts[pc.context_id] = (pc.abstract_syntax, chosen)
+        results = context_results(rq, self.config)
+        abstract_of = {pc.context_id: pc.abstract_syntax for pc in rq.contexts}
+        for context_id, result, transfer in results:
+            if result == ContextResult.ACCEPTANCE:
+                self.contexts[context_id] = (abstract_of[context_id], transfer)
         self._send(
             encode_associate_ac(
                 rq,
