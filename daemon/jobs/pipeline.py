@@ -28,6 +28,7 @@ from ai_core.errors import AiCoreError, VolumeError
 from ai_core.model.inputs import Characteristics
 from ai_core.volume import Volume, load_series
 from daemon.db.models import Instance, Series, Study, StudyCharacteristics, utcnow
+from daemon.delivery.outbox import StagedObject, stage_results
 from daemon.errors import JobError, SpoolError
 from daemon.followup.rules import SurveillanceError
 from daemon.followup.surveillance import (
@@ -44,6 +45,7 @@ from dicom_out.context import OutputError, Predecessor, PriorComparison
 if TYPE_CHECKING:  # torch-free at import: the serving process imports this module's names
     from ai_core.analysis import ImageAnalysis
     from ai_core.model.predict import Prediction
+    from daemon.jobs.chain import ChainRequest, ChainResult
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,7 @@ def run_job(
     Raises :class:`JobError` with ``retryable=False`` for bad data (retrying
     cannot help) and ``retryable=True`` for transient problems.
     """
-    from daemon.delivery.outbox import stage_results
-    from daemon.jobs.chain import ChainRequest, run_chain  # torch: worker processes only
+    from daemon.jobs.chain import ChainRequest  # torch: worker processes only
 
     timings: dict[str, float] = {}
     spool = Spool(settings.spool_dir)
@@ -100,32 +101,11 @@ def run_job(
         predecessor=inputs.predecessor,
     )
     surveillance = Surveillance(session_factory, settings.followup, inputs)
-    try:
-        chain = run_chain(request, settings.pipeline, volume=volume, prior=surveillance)
-    except (AiCoreError, OutputError) as exc:  # bad data or unsupported: a retry cannot help
-        raise JobError(f"series {series_uid}: {exc}", retryable=False) from exc
-    except SQLAlchemyError as exc:
-        raise JobError(
-            f"job {job.id}: database unavailable while recording the finding; will retry",
-            retryable=True,
-        ) from exc
-    except MemoryError as exc:
-        raise JobError(f"series {series_uid}: out of memory; will retry", retryable=True) from exc
+    chain = _run_chain(request, settings, volume, surveillance, job)
     timings.update(chain.timings)
 
     start = time.perf_counter()
-    try:
-        staged = stage_results(settings, session_factory, job.id, chain.datasets)
-    except SQLAlchemyError as exc:
-        raise JobError(
-            f"job {job.id}: database unavailable while staging results; will retry",
-            retryable=True,
-        ) from exc
-    except OSError as exc:
-        raise JobError(
-            f"job {job.id}: could not write results ({exc.strerror or exc}); will retry",
-            retryable=True,
-        ) from exc
+    staged = _stage(settings, session_factory, job, chain.datasets)
     timings["stage"] = time.perf_counter() - start
     summary = chain.summary()
     return {
@@ -148,6 +128,51 @@ def run_job(
         "volume": describe_volume(volume, len(paths)),
         "timings": {k: round(v, 6) for k, v in timings.items()},
     }
+
+
+def _run_chain(
+    request: ChainRequest,
+    settings: Settings,
+    volume: Volume,
+    surveillance: Surveillance,
+    job: ClaimedJob,
+) -> ChainResult:
+    """The shared chain; its errors as retryable or final :class:`JobError`."""
+    from daemon.jobs.chain import run_chain  # torch: worker processes only
+
+    series_uid = surveillance.inputs.series_uid
+    try:
+        return run_chain(request, settings.pipeline, volume=volume, prior=surveillance)
+    except (AiCoreError, OutputError) as exc:  # bad data or unsupported: a retry cannot help
+        raise JobError(f"series {series_uid}: {exc}", retryable=False) from exc
+    except SQLAlchemyError as exc:
+        raise JobError(
+            f"job {job.id}: database unavailable while recording the finding; will retry",
+            retryable=True,
+        ) from exc
+    except MemoryError as exc:
+        raise JobError(f"series {series_uid}: out of memory; will retry", retryable=True) from exc
+
+
+def _stage(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    job: ClaimedJob,
+    datasets: list[Dataset],
+) -> list[StagedObject]:
+    """The results into the outbox; a database or disk problem is retryable."""
+    try:
+        return stage_results(settings, session_factory, job.id, datasets)
+    except SQLAlchemyError as exc:
+        raise JobError(
+            f"job {job.id}: database unavailable while staging results; will retry",
+            retryable=True,
+        ) from exc
+    except OSError as exc:
+        raise JobError(
+            f"job {job.id}: could not write results ({exc.strerror or exc}); will retry",
+            retryable=True,
+        ) from exc
 
 
 class Surveillance:
