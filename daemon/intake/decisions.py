@@ -20,10 +20,9 @@ from daemon.db.audit import audit
 from daemon.db.models import Instance, Series, SeriesDecision, Study, utcnow
 from daemon.db.states import AuditKind, SeriesState
 from daemon.intake.headers import extract_header
-from daemon.intake.reanalysis import handle_received_seg, is_seg_series
+from daemon.intake.reanalysis import JobSink, handle_received_seg, is_seg_series
 from daemon.intake.series_filter import FilterVerdict, decide_series
 from daemon.intake.spool import Spool
-from daemon.jobs.queue import JobQueue
 from daemon.settings import FilterSettings
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ def _headers(engine: Engine, spool: Spool, series_id: int) -> list[dict[str, Any
 def decide(
     engine: Engine,
     spool: Spool,
-    queue: JobQueue,
+    queue: JobSink,
     cfg: FilterSettings,
     series_id: int,
     revision: int,

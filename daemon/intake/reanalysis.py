@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pydicom
 from pydicom.uid import SegmentationStorage
@@ -32,9 +32,17 @@ from daemon.db.models import (
 )
 from daemon.db.states import AuditKind, JobState, SeriesState
 from daemon.intake.spool import Spool
-from daemon.jobs.queue import JobQueue
 
 log = logging.getLogger(__name__)
+
+
+class JobSink(Protocol):
+    """Where intake queues a series revision for analysis (the job queue,
+    :class:`daemon.jobs.queue.JobQueue`, implements it; intake never imports jobs)."""
+
+    def enqueue(self, series_id: int, revision: int) -> int:
+        """Queue one job for this revision (idempotent); its id."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ def read_received_seg(path: Path, session: Session) -> ReceivedSeg:
 
 
 def handle_received_seg(
-    engine: Engine, spool: Spool, queue: JobQueue, seg_series_id: int
+    engine: Engine, spool: Spool, queue: JobSink, seg_series_id: int
 ) -> tuple[str, dict[str, Any]]:
     """A complete SEG series arrived: queue a re-run of the series it segments.
 
@@ -105,13 +113,13 @@ def handle_received_seg(
     return "received SEG: re-analysis queued", {"referenced_series": queued}
 
 
-def requeue_series_uid(engine: Engine, queue: JobQueue, series_uid: str, reason: str) -> bool:
+def requeue_series_uid(engine: Engine, queue: JobSink, series_uid: str, reason: str) -> bool:
     with engine.connect() as conn:
         series_id = conn.scalar(select(Series.id).where(Series.series_uid == series_uid))
     return series_id is not None and requeue_series(engine, queue, int(series_id), reason)
 
 
-def requeue_series(engine: Engine, queue: JobQueue, series_id: int, reason: str) -> bool:
+def requeue_series(engine: Engine, queue: JobSink, series_id: int, reason: str) -> bool:
     """Bump an analysed, qualifying series to a new revision and queue it; False if not such."""
     with engine.begin() as conn:
         row = conn.execute(
