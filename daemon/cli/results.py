@@ -11,12 +11,16 @@ none qualified, 1 when series qualified but none could be processed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ai_core.disclaimer import DISCLAIMER
 from ai_core.errors import AiCoreError
@@ -153,8 +157,6 @@ def _received_segs(series: dict[str, _Series]) -> dict[str, Path]:
 
 def _offline_key(series_uid: str, chars: Characteristics, seg: Path | None) -> str:
     """Same inputs → same output UIDs (a re-run overwrites); other inputs → new UIDs."""
-    import hashlib
-
     facts = json.dumps(
         {"characteristics": chars.known(), "seg": "" if seg is None else _sop_uid(seg)},
         sort_keys=True,
@@ -250,8 +252,6 @@ def _print_report(report: dict[str, Any], out: Path) -> None:
 
 # -- characteristics ---------------------------------------------------------------------
 def cmd_characteristics(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
     settings = load_config(args)
     if not valid_uid(args.study_uid):
         raise ProcessError(f"{args.study_uid!r} is not a valid Study Instance UID")
@@ -262,8 +262,6 @@ def cmd_characteristics(args: argparse.Namespace) -> int:
         )
     engine = make_engine(settings.database_url, settings.database.busy_timeout_ms)
     migrate(engine)
-    from sqlalchemy.orm import Session
-
     with Session(engine) as session, session.begin():
         study = session.scalar(select(Study).where(Study.study_uid == args.study_uid))
         if study is None:

@@ -9,6 +9,7 @@ The segmentation backend and the model are loaded once per process.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -185,8 +186,6 @@ def run_chain(
 
 
 def _json_safe(prior: PriorComparison) -> dict[str, Any]:
-    import dataclasses
-
     out = dataclasses.asdict(prior)
     if prior.prior_study_date is not None:
         out["prior_study_date"] = prior.prior_study_date.isoformat()
