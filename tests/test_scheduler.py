@@ -289,3 +289,31 @@ def test_a_stored_job_that_cannot_be_restored_is_replaced(node_settings: Setting
     scheduler.stop()
     assert times[JOB_FOLLOWUP_DUE] == later + FIRST_RUN_DELAY
     assert times[JOB_FOLLOWUP_OVERDUE] == T0 + FIRST_RUN_DELAY
+
+
+def test_an_unrestorable_retention_job_is_dropped_when_retention_is_off(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    """Code moved since the job was stored (daemon.scheduler → daemon.followup.scheduler)."""
+    from sqlalchemy import update
+
+    from daemon.db.models import SchedulerJobRow
+
+    with_retention = make_settings(database__url=database_url, retention__spool_days=30)
+    engine = make_engine(with_retention.database_url)
+    migrate(engine)
+    started(with_retention, T0).stop()
+    with engine.begin() as conn:
+        conn.execute(
+            update(SchedulerJobRow)
+            .where(SchedulerJobRow.id == JOB_RETENTION)
+            .values(job_state=b"not a pickle")
+        )
+    engine.dispose()
+    without = dataclasses.replace(
+        with_retention, retention=dataclasses.replace(with_retention.retention, spool_days=0)
+    )
+    scheduler = started(without, T0)
+    times = scheduler.next_run_times()
+    scheduler.stop()
+    assert sorted(times) == [JOB_FOLLOWUP_DUE, JOB_FOLLOWUP_OVERDUE]

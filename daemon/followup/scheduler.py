@@ -313,7 +313,7 @@ class NodeScheduler:
         ]
         if ctx.spool_days > 0:
             specs.append((JOB_RETENTION, retention_job, cfg.retention_check_hours * 3600))
-        elif self._scheduler.get_job(JOB_RETENTION) is not None:
+        elif self._stored_job(JOB_RETENTION) is not None:  # unrestorable ones are dropped
             self._scheduler.remove_job(JOB_RETENTION)
         for job_id, function, seconds in specs:
             existing = self._stored_job(job_id)
