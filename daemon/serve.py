@@ -212,6 +212,7 @@ class Node:
         if self.scheduler is not None:
             self.scheduler.stop(wait=True)  # a job in progress finishes; the schedule stays stored
         self.http.stop()
+        self.ingest.close()
         self.engine.dispose()
         log.info("stopped")
 

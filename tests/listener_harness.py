@@ -584,6 +584,7 @@ class NodeUnderTest:
 
     def stop(self) -> None:
         self.listener.stop(timeout=2.0)
+        self.ingest.close()
         self.engine.dispose()
 
 

@@ -64,16 +64,29 @@ class IngestStore:
         # steps of up to 100 ms; queueing the association threads on a lock
         # here hands the write lock over at once instead.
         self._sqlite_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._conn: Connection | None = None  # SQLite: the one writing connection, kept
+
+    def close(self) -> None:
+        """Return the kept SQLite writing connection (shutdown, tests)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
-        """A write transaction (serialised in-process on SQLite)."""
+        """A write transaction. On SQLite, serialised in-process on one kept
+        connection: queueing the association threads on a lock hands SQLite's
+        single write lock over at once, and skipping the pool checkout per
+        instance keeps the C-STORE path short."""
         if self._sqlite_lock is None:
             with self.engine.begin() as conn:
                 yield conn
             return
-        with self._sqlite_lock, self.engine.begin() as conn:
-            yield conn
+        with self._sqlite_lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = self.engine.connect()
+            with self._conn.begin():
+                yield self._conn
 
     # -- the C-STORE path -----------------------------------------------------
     def store(
