@@ -6,4 +6,3 @@ Research use only, not for diagnostic use.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-DISCLAIMER = "research use only, not for diagnostic use"

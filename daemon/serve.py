@@ -3,7 +3,7 @@
 Main process: DICOM listener threads, the intake loop (completeness,
 decisions), the HTTP status server, the worker supervisor, the delivery
 threads that send the outbox to the destinations and the scheduler
-(:mod:`daemon.scheduler`: follow-up flagging, overdue check, spool retention). Inference runs
+(:mod:`daemon.followup.scheduler`: follow-up flagging, overdue check, spool retention). Inference runs
 in worker child processes only; torch is never imported here, so a crashing
 or out-of-memory worker never stops intake from the PACS.
 
@@ -25,22 +25,24 @@ from typing import Any
 import pydicom
 from sqlalchemy import Engine, select
 
-from daemon import DISCLAIMER, __version__
-from daemon.completeness import CompletenessTracker, receiving_series, sweep
+from ai_core.disclaimer import DISCLAIMER
+from daemon import __version__
 from daemon.db.engine import make_engine, make_sessionmaker, migrate, ping
 from daemon.db.models import Instance, Job, QuarantinedInstance, Series, SeriesDecision
-from daemon.decisions import decide, undecided
-from daemon.delivery import DeliveryService
-from daemon.http import StatusServer
-from daemon.ingest import IngestStore
-from daemon.jobs import JobQueue
-from daemon.listener import Listener
-from daemon.notify import SystemdNotifier, Watchdog
-from daemon.outbox import RESULTS_DIRNAME, remove_stale_parts
-from daemon.scheduler import NodeScheduler
+from daemon.db.states import SeriesState
+from daemon.delivery.outbox import RESULTS_DIRNAME, remove_stale_parts
+from daemon.delivery.service import DeliveryService
+from daemon.dicom.listener import Listener
+from daemon.followup.scheduler import NodeScheduler
+from daemon.intake.completeness import CompletenessTracker, receiving_series, sweep
+from daemon.intake.decisions import decide, undecided
+from daemon.intake.ingest import IngestStore
+from daemon.intake.spool import Spool
+from daemon.jobs.queue import JobQueue
+from daemon.jobs.workers import WorkerSupervisor
+from daemon.ops.http import StatusServer
+from daemon.ops.notify import SystemdNotifier, Watchdog
 from daemon.settings import Settings
-from daemon.spool import Spool
-from daemon.workers import WorkerSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ def enqueue_missing_jobs(engine: Engine, queue: JobQueue) -> int:
             .where(
                 SeriesDecision.qualifies.is_(True),
                 SeriesDecision.revision == Series.revision,
-                Series.state == "decided",
+                Series.state == SeriesState.DECIDED,
             )
             .outerjoin(
                 Job,
@@ -124,7 +126,7 @@ class Node:
             max_attempts=settings.pipeline.job_max_attempts,
             backoff_seconds=settings.pipeline.job_retry_backoff_seconds,
         )
-        self.listener = Listener(settings, self.ingest, self.spool)
+        self.listener = Listener(settings, self.ingest)
         self.supervisor = WorkerSupervisor(settings)
         self.delivery = DeliveryService(settings, self.sessionmaker)
         self.scheduler = (

@@ -2,8 +2,10 @@
 
 The file is validated as a whole into frozen dataclasses; every problem is
 reported with its key (``ki67node check-config``). Unknown keys are errors, not
-silently ignored, so a typo never falls back to a default. The ``[[destinations]]``
-array is parsed by :mod:`daemon.destinations`.
+silently ignored, so a typo never falls back to a default; a retired key is
+still accepted, with a warning that says to remove it. Tables and variables are
+read by :mod:`daemon.settings_parse`, ``[[destinations]]`` by
+:mod:`daemon.destinations`; the sections and their checks live here.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from typing import Any
 
 from daemon.destinations import Destination, parse_destinations, valid_ae_title
 from daemon.errors import ConfigError
-
-ENV_PREFIX = "KI67NODE_"
+from daemon.settings_parse import apply_env, parse_section
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,6 @@ class NodeSettings:
     max_pdu_bytes: int = 4_194_304
     max_instance_bytes: int = 536_870_912
     acse_timeout_seconds: float = 30.0
-    dimse_timeout_seconds: float = 60.0
     network_timeout_seconds: float = 60.0
     other_storage: str = "ignore"  # ignore | refuse
 
@@ -219,79 +219,11 @@ def load_settings(
             raise ConfigError([("--config", f"file {path} does not exist")]) from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError([("--config", f"{path} is not valid TOML: {exc}")]) from None
-    _apply_env(raw, os.environ if env is None else env, problems)
+    apply_env(raw, os.environ if env is None else env, _SECTIONS, problems)
     settings = _build(raw, problems, base_dir or Path.cwd())
     if problems or settings is None:
         raise ConfigError(problems)
     return settings
-
-
-def _parse_env_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list) -> None:
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        section, _, key = name[len(ENV_PREFIX) :].partition("__")
-        section, key = section.lower(), key.lower()
-        if section not in _SECTIONS:
-            problems.append((name, f"unknown section '{section}'"))
-            continue
-        raw.setdefault(section, {})[key] = _parse_env_value(value)
-
-
-def _coerce(key: str, value: Any, annotation: Any, problems: list) -> Any:
-    ann = str(annotation)
-    if ann == "bool":
-        if isinstance(value, bool):
-            return value
-        problems.append((key, f"must be true or false, got {value!r}"))
-    elif ann == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        problems.append((key, f"must be an integer, got {value!r}"))
-    elif ann == "float":
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        problems.append((key, f"must be a number, got {value!r}"))
-    elif ann == "str":
-        if isinstance(value, str):
-            return value
-        problems.append((key, f"must be a string, got {value!r}"))
-    elif ann == "Path":
-        if isinstance(value, str) and value:
-            return Path(value)
-        problems.append((key, f"must be a non-empty path, got {value!r}"))
-    elif ann.startswith("tuple[str"):
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        problems.append((key, f"must be a list of strings, got {value!r}"))
-    else:  # pragma: no cover - programming error
-        raise TypeError(f"unsupported settings type {ann} for {key}")
-    return None
-
-
-def _section(name: str, cls: type, raw: Any, problems: list) -> Any:
-    if raw is None:
-        return cls()
-    if not isinstance(raw, dict):
-        problems.append((name, "must be a table"))
-        return cls()
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in fields:
-            problems.append((f"{name}.{key}", f"unknown key (known: {', '.join(fields)})"))
-            continue
-        coerced = _coerce(f"{name}.{key}", value, fields[key].type, problems)
-        if coerced is not None:
-            kwargs[key] = coerced
-    return cls(**kwargs)
 
 
 def _build(raw: dict[str, Any], problems: list, base_dir: Path) -> Settings | None:
@@ -299,7 +231,9 @@ def _build(raw: dict[str, Any], problems: list, base_dir: Path) -> Settings | No
     for key in raw:
         if key not in known:
             problems.append((key, f"unknown section (known: {', '.join(sorted(known))})"))
-    parts = {name: _section(name, cls, raw.get(name), problems) for name, cls in _SECTIONS.items()}
+    parts = {
+        name: parse_section(name, cls, raw.get(name), problems) for name, cls in _SECTIONS.items()
+    }
     node: NodeSettings = parts["node"]
     if not node.data_dir.is_absolute():
         parts["node"] = node = dataclasses.replace(node, data_dir=base_dir / node.data_dir)
@@ -339,7 +273,7 @@ def _validate(s: Settings, problems: list) -> None:
         problems.append(("node.max_pdu_bytes", "must be between 16384 and 67108864"))
     if n.max_instance_bytes < 1024:
         problems.append(("node.max_instance_bytes", "must be at least 1024"))
-    for key in ("acse_timeout_seconds", "dimse_timeout_seconds", "network_timeout_seconds"):
+    for key in ("acse_timeout_seconds", "network_timeout_seconds"):
         if not 0 < getattr(n, key) <= 3600:
             problems.append((f"node.{key}", "must be > 0 and <= 3600"))
     if n.other_storage not in ("ignore", "refuse"):

@@ -25,7 +25,6 @@ from ai_core.volume import Volume
 
 ALGORITHM_NAME = "ki67node"
 MANUFACTURER = "ki67node (open source research software)"
-DISCLAIMER = "Research use only, not for diagnostic use."
 # Series numbers of what we add to a study: high, so they sort after the scanner's.
 SERIES_NUMBER_SEG = 9901
 SERIES_NUMBER_SC = 9902

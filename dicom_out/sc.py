@@ -22,12 +22,12 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, DT, TM
 
+from ai_core.disclaimer import DISCLAIMER_SENTENCE
 from ai_core.model.inputs import CropGeometry
 from ai_core.model.predict import Prediction
 from ai_core.volume import Volume
 from dicom_out.context import (
     ALGORITHM_NAME,
-    DISCLAIMER,
     MANUFACTURER,
     SERIES_NUMBER_SC,
     OutputContext,
@@ -42,7 +42,7 @@ SERIES_DESCRIPTION = "Grad-CAM heatmap (research use only)"
 DERIVATION_DESCRIPTION = (
     "Axial reformat of the contrast-enhanced T1 series with the ki67node Grad-CAM map "
     "(where the MRI's evidence lies, for the class named in the legend), the tumour outline and the prediction burned in. "
-    + DISCLAIMER
+    + DISCLAIMER_SENTENCE
 )
 # PS3.16 DCM 121322: the reference is to an image this one was computed from.
 PURPOSE_SOURCE_FOR_PROCESSING = ("121322", "DCM", "Source image for image processing operation")
@@ -165,7 +165,7 @@ def _instance(ctx: OutputContext, item: RenderedSlice) -> Dataset:
     sc.DerivationDescription = DERIVATION_DESCRIPTION
     sc.ImageComments = (
         f"Axial slice {item.number} of {item.count} through the tumour at "
-        f"z = {item.plane.z_mm:.1f} mm (patient LPS). {DISCLAIMER}"
+        f"z = {item.plane.z_mm:.1f} mm (patient LPS). {DISCLAIMER_SENTENCE}"
     )
     sc.SourceImageSequence = _source_images(ctx, source_slices_used(ctx.volume, item.plane))
     return sc

@@ -27,11 +27,11 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
+from ai_core.disclaimer import DISCLAIMER_SENTENCE
 from ai_core.volume import Volume
 from dicom_out import codes
 from dicom_out.context import (
     ALGORITHM_NAME,
-    DISCLAIMER,
     MANUFACTURER,
     SERIES_NUMBER_SEG,
     OutputContext,
@@ -121,7 +121,7 @@ def build_seg(ctx: OutputContext) -> Dataset:
         "SEG built: %d frames of %d source slices (%s)",
         int(seg.NumberOfFrames),
         mask.shape[0],
-        DISCLAIMER,
+        DISCLAIMER_SENTENCE,
     )
     return seg
 

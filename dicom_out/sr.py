@@ -46,11 +46,11 @@ from highdicom.sr import (
 )
 from pydicom.dataset import Dataset
 
+from ai_core.disclaimer import DISCLAIMER_SENTENCE
 from ai_core.model.predict import Prediction
 from dicom_out import codes
 from dicom_out.context import (
     ALGORITHM_NAME,
-    DISCLAIMER,
     MANUFACTURER,
     SERIES_NUMBER_SR,
     OutputContext,
@@ -155,7 +155,7 @@ def _predecessors(ctx: OutputContext) -> list[Dataset] | None:
 
 def disclaimer_text(prediction: Prediction | None) -> str:
     """What the SR's comment says: research use only (and synthetic training, if so)."""
-    parts = [DISCLAIMER]
+    parts = [DISCLAIMER_SENTENCE]
     if prediction is not None and prediction.synthetic_model:
         parts.append(SYNTHETIC_NOTE)
     return " ".join(parts)

@@ -37,10 +37,10 @@ from sqlalchemy import Engine, func, select
 
 from daemon.db.engine import make_engine, migrate
 from daemon.db.models import Instance, QuarantinedInstance, Series
-from daemon.ingest import IngestStore
-from daemon.listener import Listener
+from daemon.dicom.listener import Listener
+from daemon.intake.ingest import IngestStore
+from daemon.intake.spool import Spool
 from daemon.settings import Settings
-from daemon.spool import Spool
 from tests.factories import make_mr_series
 
 HOST = "127.0.0.1"
@@ -93,7 +93,7 @@ def dataset_part(file_bytes: bytes) -> bytes:
     return file_bytes[132 + 12 + group_length :]
 
 
-# -- byte-level encoders (independent of daemon.ul_pdu / daemon.dimse) ---------
+# -- byte-level encoders (independent of daemon.dicom.ul_pdu / daemon.dicom.dimse) ---------
 def _ae(value: str | bytes) -> bytes:
     raw = value.encode("latin-1") if isinstance(value, str) else value
     return raw[:16].ljust(16, b" ")
@@ -596,7 +596,7 @@ def start_node(settings: Settings, tmp_root: Path) -> NodeUnderTest:
     spool = Spool(settings.spool_dir)
     stored: list[int] = []
     ingest = IngestStore(engine, spool, on_stored=stored.append)
-    listener = Listener(settings, ingest, spool)
+    listener = Listener(settings, ingest)
     listener.start()
     node = NodeUnderTest(settings, engine, spool, ingest, listener, tmp_root, stored)
     if settings.node.allowed_calling_aets:

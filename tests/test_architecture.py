@@ -1,12 +1,15 @@
-"""Import directions (DESIGN.md §3): ai_core knows nothing of daemon or
-dicom_out; dicom_out knows nothing of daemon; the listener side never imports
-torch (a GPU crash must not stop intake)."""
+"""Import directions (DESIGN.md §3, docs/architecture.md): ai_core knows nothing
+of daemon or dicom_out; dicom_out knows nothing of daemon; inside daemon each
+stage imports only the stages before it; no import circle anywhere in daemon
+or dicom_out (function-local imports included); the listener side never
+imports torch (a GPU crash must not stop intake)."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,10 +43,139 @@ def test_import_directions(package: str, forbidden: tuple[str, ...]) -> None:
     assert bad == []
 
 
+# -- the module graph of daemon/ and dicom_out/ -------------------------------------------
+def _modules(*packages: str) -> dict[str, Path]:
+    """Dotted name -> file, migrations excluded (Alembic loads them by path)."""
+    out = {}
+    for package in packages:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            if "migrations" in parts:
+                continue
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name] = path
+    return out
+
+
+def _imported_names(name: str, path: Path) -> Iterator[str]:
+    """Every module name the file imports, anywhere in it (relative imports resolved)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+def _graph(*packages: str) -> dict[str, set[str]]:
+    """Module -> the modules of ``packages`` it imports (a name's longest known prefix)."""
+    modules = _modules(*packages)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for target in _imported_names(name, path):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_circle_finder_finds_a_circle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _circles(graph) == [["a", "b", "c"]]
+
+
+def test_no_import_circle_in_daemon_or_dicom_out() -> None:
+    assert _circles(_graph("daemon", "dicom_out")) == []
+
+
+# The stages of daemon/ (docs/architecture.md) and what each must never import
+# (names under daemon.). dicom/ and intake/ may use ops.metrics (the process
+# counters) and nothing else of ops/; only serve and the CLI see every stage.
+_NOT_OPS = "ops.status ops.http ops.notify"
+STAGE_RULES = {
+    "db": "dicom intake jobs delivery followup ops cli serve",
+    "dicom": f"db intake jobs delivery followup {_NOT_OPS} cli serve",
+    "intake": f"jobs delivery followup {_NOT_OPS} cli serve",
+    "jobs": "dicom.listener dicom.association ops cli serve",
+    "delivery": "dicom intake jobs followup ops cli serve",
+    "followup": "dicom jobs delivery ops cli serve",
+    "ops": "dicom intake jobs delivery cli serve",
+}
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_RULES))
+def test_stage_import_directions(stage: str) -> None:
+    forbidden = [f"daemon.{name}" for name in STAGE_RULES[stage].split()]
+    bad = [
+        f"{module} imports {target}"
+        for module, targets in sorted(_graph("daemon").items())
+        if _within(module, f"daemon.{stage}")
+        for target in sorted(targets)
+        if any(_within(target, f) for f in forbidden)
+    ]
+    assert bad == []
+
+
 def test_serving_process_does_not_import_torch() -> None:
+    stages = ("dicom", "intake", "delivery", "followup", "ops")
+    names = sorted(n for n in _modules("daemon") if any(_within(n, f"daemon.{s}") for s in stages))
     code = (
-        "import sys, daemon.serve, daemon.listener, daemon.http, daemon.cli;"
-        "print('torch' in sys.modules)"
+        f"import sys, daemon.serve, daemon.cli, {', '.join(names)};"
+        "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from sqlalchemy import insert, select
 
-from daemon.completeness import CompletenessTracker, count_reached, mark_complete, sweep
 from daemon.db.engine import make_engine, migrate
 from daemon.db.models import Series, Study
+from daemon.intake.completeness import CompletenessTracker, count_reached, mark_complete, sweep
 
 
 class FakeClock:

@@ -7,7 +7,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
-from daemon.dataset_check import MAX_DEPTH, check_complete
+from daemon.intake.dataset_check import MAX_DEPTH, check_complete
 from tests.factories import make_mr_series
 
 

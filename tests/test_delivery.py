@@ -22,9 +22,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import AuditEvent, OutboxItem
-from daemon.delivery import AUDIT_OUTBOX_FAILED, DeliveryService
+from daemon.db.states import AuditKind, OutboxState
+from daemon.delivery.outbox import stage_results
+from daemon.delivery.service import DeliveryService
 from daemon.destinations import Destination
-from daemon.outbox import DELIVERED, FAILED, PENDING, stage_results
 from daemon.settings import Settings
 from tests.conftest import free_port, with_destinations
 from tests.factories import make_mr_series
@@ -115,7 +116,7 @@ def test_cstore_survives_a_pacs_outage_and_stores_each_uid_once(
     try:
         report = service.deliver_due(now=at(1))["pacs"]
         assert (report.delivered, report.retried) == (0, 3)
-        waiting = [r for r in env.rows() if r.state == PENDING]
+        waiting = [r for r in env.rows() if r.state == OutboxState.PENDING]
         assert sorted(r.sop_instance_uid for r in waiting) == sorted(second)
         assert {r.attempts for r in waiting} == {1}
         assert all("could not be reached" in (r.last_error or "") for r in waiting)
@@ -124,7 +125,7 @@ def test_cstore_survives_a_pacs_outage_and_stores_each_uid_once(
 
         assert service.deliver_due(now=at(5))["pacs"].claimed == 0  # not due yet
         service.deliver_due(now=at(3600))
-        waiting = [r for r in env.rows() if r.state == PENDING]
+        waiting = [r for r in env.rows() if r.state == OutboxState.PENDING]
         assert {r.attempts for r in waiting} == {2}
         delays_2 = [(r.next_attempt_at - at(3600)).total_seconds() for r in waiting]
         assert all(15 <= d <= 20 for d in delays_2)  # doubled
@@ -132,12 +133,12 @@ def test_cstore_survives_a_pacs_outage_and_stores_each_uid_once(
         pacs.start()
 
     assert service.deliver_due(now=at(7200))["pacs"].delivered == 3
-    assert set(env.states().values()) == {DELIVERED}
+    assert set(env.states().values()) == {OutboxState.DELIVERED}
     assert pacs.sop_instance_uids() == sorted(first + second)
 
     # A lost acknowledgement: the PACS has them, we send them all again.
     with env.sm.begin() as s:
-        s.execute(update(OutboxItem).values(state=PENDING, next_attempt_at=at(0)))
+        s.execute(update(OutboxItem).values(state=OutboxState.PENDING, next_attempt_at=at(0)))
     assert service.deliver_due(now=at(7300))["pacs"].delivered == 7
     assert pacs.sop_instance_uids() == sorted(first + second)
     assert pacs.count() == 7
@@ -180,7 +181,7 @@ def test_stow_rs_delivers_and_retries_while_the_server_is_down(
     pacs.stop()
     try:
         assert service.deliver_due(now=at(1))["web"].retried == 2
-        errors = [r.last_error or "" for r in env.rows() if r.state == PENDING]
+        errors = [r.last_error or "" for r in env.rows() if r.state == OutboxState.PENDING]
         assert len(errors) == 2
         assert all(f"STOW-RS to {pacs.dicomweb_url} failed: ConnectionError" in e for e in errors)
     finally:
@@ -262,11 +263,11 @@ def test_each_instance_status_decides_its_row(
     assert scp.received == uids  # one association, every instance offered
     assert set(scp.calling) == {"KI67NODE"}  # our node.ae_title
     states = env.states()
-    assert states[uids[0]] == states[uids[2]] == DELIVERED
+    assert states[uids[0]] == states[uids[2]] == OutboxState.DELIVERED
     if delivered:
-        assert states[uids[1]] == DELIVERED and report.delivered == 3
+        assert states[uids[1]] == OutboxState.DELIVERED and report.delivered == 3
         return
-    assert states[uids[1]] == PENDING and report.retried == 1
+    assert states[uids[1]] == OutboxState.PENDING and report.retried == 1
     row = next(r for r in env.rows() if r.sop_instance_uid == uids[1])
     assert f"0x{status:04X}" in (row.last_error or "")
     scp.statuses.clear()  # the PACS recovers
@@ -282,7 +283,7 @@ def test_a_rejected_association_is_retried(
     env.stage(2)
     assert env.service().deliver_due(now=at(0))["scp"].retried == 2
     rows = env.rows()
-    assert {r.state for r in rows} == {PENDING}
+    assert {r.state for r in rows} == {OutboxState.PENDING}
     assert all("rejected the association" in (r.last_error or "") for r in rows)
     assert scp.received == []
 
@@ -311,9 +312,9 @@ def test_stop_during_a_batch_finishes_the_instance_in_flight_and_gives_the_rest_
     report = service.deliver_due(now=at(0))["scp"]
     assert (report.delivered, report.not_sent) == (1, 3)
     rows = {r.sop_instance_uid: r for r in env.rows()}
-    assert rows[uids[0]].state == DELIVERED
+    assert rows[uids[0]].state == OutboxState.DELIVERED
     assert {(rows[u].state, rows[u].attempts, rows[u].next_attempt_at) for u in uids[1:]} == {
-        (PENDING, 0, at(0))
+        (OutboxState.PENDING, 0, at(0))
     }
 
 
@@ -368,10 +369,12 @@ def test_rows_are_given_up_after_the_configured_age_with_an_audit_event(
     assert service.deliver_due(now=at(1800))["dead"].retried == 2
     assert service.deliver_due(now=at(3600))["dead"].failed == 2
     rows = env.rows()
-    assert {(r.state, r.attempts) for r in rows} == {(FAILED, 3)}
+    assert {(r.state, r.attempts) for r in rows} == {(OutboxState.FAILED, 3)}
     assert all("could not be reached" in (r.last_error or "") for r in rows)
     with env.sm() as s:
-        events = list(s.scalars(select(AuditEvent).where(AuditEvent.kind == AUDIT_OUTBOX_FAILED)))
+        events = list(
+            s.scalars(select(AuditEvent).where(AuditEvent.kind == AuditKind.OUTBOX_FAILED))
+        )
     assert sorted(e.sop_instance_uid or "" for e in events) == sorted(
         r.sop_instance_uid for r in rows
     )
@@ -395,8 +398,8 @@ def test_rows_of_a_removed_destination_and_missing_files_fail(make_env: Callable
     assert service.give_up_orphans(now=at(60)) == 0  # too young
     assert service.give_up_orphans(now=at(3600)) == 1
     errors = {(r.destination, r.state): r.last_error or "" for r in env.rows()}
-    assert "is missing" in errors[("new", FAILED)]
-    assert "no longer configured" in errors[("old", FAILED)]
+    assert "is missing" in errors[("new", OutboxState.FAILED)]
+    assert "no longer configured" in errors[("old", OutboxState.FAILED)]
 
 
 def test_a_failing_destination_never_blocks_another(make_env: Callable[..., Env]) -> None:
@@ -432,9 +435,9 @@ def test_the_service_threads_deliver_and_stop(make_env: Callable[..., Env]) -> N
         assert service.alive()
         env.stage(2, now=dt.datetime(2000, 1, 1))  # due at once for the real clock
         deadline = time.monotonic() + 10
-        while set(env.states().values()) != {DELIVERED} and time.monotonic() < deadline:
+        while set(env.states().values()) != {OutboxState.DELIVERED} and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert set(env.states().values()) == {DELIVERED}
+        assert set(env.states().values()) == {OutboxState.DELIVERED}
     finally:
         started = time.monotonic()
         service.stop(timeout=5)

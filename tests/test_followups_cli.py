@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from daemon import http as http_mod
-from daemon.cli_followups import add_followup_commands
+from daemon.cli.followups import add_followup_commands
 from daemon.db.engine import make_engine, migrate
-from daemon.http import StatusServer
+from daemon.followup.surveillance import record_finding
+from daemon.ops import http as http_mod
+from daemon.ops.http import StatusServer
 from daemon.settings import Settings, load_settings
-from daemon.surveillance import record_finding
 from tests.test_surveillance import BASE, CFG, follow
 
 

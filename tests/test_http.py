@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import http as http_mod
-from daemon.http import StatusServer
+from daemon.ops import http as http_mod
+from daemon.ops.http import StatusServer
 from daemon.settings import Settings
 from tests.test_status import CANARY_ID, CANARY_NAME, populate_db
 
@@ -125,7 +125,7 @@ def test_metrics_exposes_process_and_database_gauges(populated: Settings, serve)
     assert got[("ki67node_quarantined_instances", ())] == 1
     assert got[("ki67node_stage_latency_seconds", (("quantile", "0.9"), ("stage", "segment")))] == 4
     assert got[("ki67node_stage_latency_jobs", (("stage", "segment"),))] == 2
-    # counters of the listener (registered in daemon.metrics) and the process
+    # counters of the listener (registered in daemon.ops.metrics) and the process
     assert ("ki67node_instances_received_total", ()) in got
     assert ("ki67node_build_info", (("version", "0.1.0"),)) in got
     assert any(name == "process_resident_memory_bytes" for name, _ in got)

@@ -10,16 +10,18 @@ import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 
-from daemon.association import file_meta
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import Instance, Job, QuarantinedInstance, Series, SeriesDecision
-from daemon.decisions import decide
-from daemon.dimse_status import Status
-from daemon.ingest import IngestStore
-from daemon.jobs import JobQueue
+from daemon.dicom.dimse_status import Status
+from daemon.dicom.file_meta import file_meta
+from daemon.dicom.storage import failure_status
+from daemon.errors import NodeError
+from daemon.intake.decisions import decide
+from daemon.intake.ingest import IngestStore
+from daemon.intake.spool import Spool, SpoolTemp
+from daemon.jobs.queue import JobQueue
 from daemon.serve import enqueue_missing_jobs, reconcile_spool
 from daemon.settings import FilterSettings
-from daemon.spool import Spool
 from tests.factories import make_mr_series
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -44,10 +46,20 @@ def _receive(store: IngestStore, spool: Spool, ds: Dataset, *, mutate: bytes = b
     temp.write(file_meta(ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_LE, "SENDER"))
     temp.write(_encoded(ds) + mutate)
     temp.flush()
-    outcome = store.store(
-        temp, sop_class=ds.SOPClassUID, sop_instance=ds.SOPInstanceUID, calling_aet="SENDER"
+    return int(
+        _status(store, temp, sop_class=ds.SOPClassUID, sop_instance=ds.SOPInstanceUID, aet="SENDER")
     )
-    return int(outcome.status)
+
+
+def _status(
+    store: IngestStore, temp: SpoolTemp, *, sop_class: str, sop_instance: str, aet: str
+) -> int:
+    """What the association answers: the outcome's status, or the status of the error."""
+    try:
+        outcome = store.store(temp, sop_class=sop_class, sop_instance=sop_instance, calling_aet=aet)
+    except NodeError as exc:
+        return failure_status(exc)[0]
+    return outcome.status
 
 
 @pytest.fixture
@@ -112,8 +124,8 @@ def test_mismatched_uid_is_refused_and_nothing_kept(node) -> None:
     temp.write(file_meta(ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_LE, "X"))
     temp.write(_encoded(ds))
     temp.flush()
-    outcome = store.store(temp, sop_class=ds.SOPClassUID, sop_instance="1.2.3.4", calling_aet="X")
-    assert outcome.status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    status = _status(store, temp, sop_class=ds.SOPClassUID, sop_instance="1.2.3.4", aet="X")
+    assert status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert _count(engine, Instance.id) == 0
     assert list(spool.published_files()) == [] and list(spool.tmp_dir.iterdir()) == []
 

@@ -13,13 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import AuditEvent, Job, Series, Study
-from daemon.jobs import (
-    AUDIT_JOB_FAILED,
-    AUDIT_JOB_RETRY,
-    DONE,
-    FAILED,
-    QUEUED,
-    RUNNING,
+from daemon.db.states import AuditKind, JobState
+from daemon.jobs.queue import (
     JobLostError,
     JobQueue,
 )
@@ -90,7 +85,12 @@ def test_enqueue_is_idempotent_per_series_revision_kind(
     assert q.enqueue(series_ids[0], 0, now=at(5)) == first
     assert q.enqueue(series_ids[0], 1, now=T0) != first
     assert q.enqueue(series_ids[0], 0, kind="other", now=T0) != first
-    assert q.counts() == {QUEUED: 3, RUNNING: 0, DONE: 0, FAILED: 0}
+    assert q.counts() == {
+        JobState.QUEUED: 3,
+        JobState.RUNNING: 0,
+        JobState.DONE: 0,
+        JobState.FAILED: 0,
+    }
 
 
 def test_claim_takes_the_oldest_due_job_once(
@@ -105,7 +105,12 @@ def test_claim_takes_the_oldest_due_job_once(
     assert first is not None
     assert (first.attempt, first.max_attempts, first.worker_id) == (1, 3, "w1")
     row = job_row(sm, ids[0])
-    assert (row.state, row.claimed_by, row.claimed_at, row.attempts) == (RUNNING, "w1", at(1), 1)
+    assert (row.state, row.claimed_by, row.claimed_at, row.attempts) == (
+        JobState.RUNNING,
+        "w1",
+        at(1),
+        1,
+    )
 
 
 def test_not_before_is_respected(
@@ -127,19 +132,28 @@ def test_retries_back_off_exponentially_until_the_attempt_bound(
     for attempt, delay in ((1, 10), (2, 20)):
         job = q.claim("w1", now=now)
         assert job is not None and job.attempt == attempt
-        assert q.fail(job_id, "w1", f"boom {attempt}", retryable=True, now=now) == QUEUED
+        assert q.fail(job_id, "w1", f"boom {attempt}", retryable=True, now=now) == JobState.QUEUED
         assert job_row(sm, job_id).not_before == now + dt.timedelta(seconds=delay)
         assert q.claim("w1", now=now + dt.timedelta(seconds=delay - 1)) is None
         now = now + dt.timedelta(seconds=delay)
     job = q.claim("w1", now=now)
     assert job is not None and job.attempt == 3
-    assert q.fail(job_id, "w1", "boom 3", retryable=True, now=now) == FAILED
+    assert q.fail(job_id, "w1", "boom 3", retryable=True, now=now) == JobState.FAILED
     row = job_row(sm, job_id)
-    assert (row.state, row.attempts, row.error, row.finished_at) == (FAILED, 3, "boom 3", now)
+    assert (row.state, row.attempts, row.error, row.finished_at) == (
+        JobState.FAILED,
+        3,
+        "boom 3",
+        now,
+    )
     assert q.claim("w1", now=at(10_000)) is None
     with sm() as s:
         events = s.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
-    assert [e.kind for e in events] == [AUDIT_JOB_RETRY, AUDIT_JOB_RETRY, AUDIT_JOB_FAILED]
+    assert [e.kind for e in events] == [
+        AuditKind.JOB_RETRY,
+        AuditKind.JOB_RETRY,
+        AuditKind.JOB_FAILED,
+    ]
     assert events[-1].series_uid == "1.2.826.0.1.7.0"
     assert events[-1].detail is not None and events[-1].detail["attempt"] == 3
     for event in events:
@@ -153,9 +167,11 @@ def test_non_retryable_failure_fails_at_once(
     q = make_queue(max_attempts=5)
     job_id = q.enqueue(series_ids[0], 0, now=T0)
     assert q.claim("w1", now=T0) is not None
-    assert q.fail(job_id, "w1", "bad data: missing slices", retryable=False, now=T0) == FAILED
+    assert (
+        q.fail(job_id, "w1", "bad data: missing slices", retryable=False, now=T0) == JobState.FAILED
+    )
     row = job_row(sm, job_id)
-    assert (row.state, row.attempts, row.error) == (FAILED, 1, "bad data: missing slices")
+    assert (row.state, row.attempts, row.error) == (JobState.FAILED, 1, "bad data: missing slices")
 
 
 def test_finish_and_heartbeat_need_the_holding_worker(
@@ -172,7 +188,11 @@ def test_finish_and_heartbeat_need_the_holding_worker(
         q.finish(job_id, "w2", {"x": 1}, now=at(8))
     q.finish(job_id, "w1", {"timings": {"load": 0.5}}, now=at(9))
     row = job_row(sm, job_id)
-    assert (row.state, row.result, row.finished_at) == (DONE, {"timings": {"load": 0.5}}, at(9))
+    assert (row.state, row.result, row.finished_at) == (
+        JobState.DONE,
+        {"timings": {"load": 0.5}},
+        at(9),
+    )
     with pytest.raises(JobLostError, match="no longer running"):
         q.fail(job_id, "w1", "late", retryable=True, now=at(10))
 
@@ -186,7 +206,7 @@ def test_release_gives_the_job_back_without_an_attempt(
     assert q.release(job_id, "w1", now=at(3)) is True
     assert q.release(job_id, "w1", now=at(3)) is False
     row = job_row(sm, job_id)
-    assert (row.state, row.attempts, row.not_before) == (QUEUED, 0, at(3))
+    assert (row.state, row.attempts, row.not_before) == (JobState.QUEUED, 0, at(3))
 
 
 def test_requeue_worker_jobs_counts_an_attempt(
@@ -198,12 +218,16 @@ def test_requeue_worker_jobs_counts_an_attempt(
     assert q.claim("alive", now=T0) is not None
     assert q.requeue_worker_jobs("dead", "worker exited with code -9", now=at(1)) == 1
     row = job_row(sm, a)
-    assert (row.state, row.attempts, row.error) == (QUEUED, 1, "worker exited with code -9")
+    assert (row.state, row.attempts, row.error) == (
+        JobState.QUEUED,
+        1,
+        "worker exited with code -9",
+    )
     assert row.not_before == at(6)
-    assert job_row(sm, b).state == RUNNING
+    assert job_row(sm, b).state == JobState.RUNNING
     assert q.claim("dead2", now=at(6)) is not None
     assert q.requeue_worker_jobs("dead2", "exited again", now=at(7)) == 1
-    assert job_row(sm, a).state == FAILED
+    assert job_row(sm, a).state == JobState.FAILED
 
 
 def test_requeue_without_counting_is_a_give_back(
@@ -214,7 +238,7 @@ def test_requeue_without_counting_is_a_give_back(
     assert q.claim("w1", now=T0) is not None
     assert q.requeue_worker_jobs("w1", "stopping", now=at(1), count_attempt=False) == 1
     row = job_row(sm, job_id)
-    assert (row.state, row.attempts) == (QUEUED, 0)
+    assert (row.state, row.attempts) == (JobState.QUEUED, 0)
 
 
 def test_recover_orphans_requeues_jobs_of_dead_workers_only(
@@ -226,9 +250,14 @@ def test_recover_orphans_requeues_jobs_of_dead_workers_only(
         assert q.claim(worker, now=T0) is not None
     assert q.recover_orphans({"hostA:2:w0.1"}, now=at(1), worker_prefix="hostA:") == 2
     states = [job_row(sm, i).state for i in ids]
-    assert states == [QUEUED, QUEUED, RUNNING, RUNNING]
+    assert states == [JobState.QUEUED, JobState.QUEUED, JobState.RUNNING, JobState.RUNNING]
     assert q.recover_orphans(set(), now=at(2)) == 2
-    assert q.counts() == {QUEUED: 4, RUNNING: 0, DONE: 0, FAILED: 0}
+    assert q.counts() == {
+        JobState.QUEUED: 4,
+        JobState.RUNNING: 0,
+        JobState.DONE: 0,
+        JobState.FAILED: 0,
+    }
     assert "gone when the node started" in (job_row(sm, ids[3]).error or "")
 
 
@@ -283,7 +312,7 @@ def test_concurrent_claims_never_hand_out_a_job_twice(
     assert not errors
     all_ids = [i for ids in claimed.values() for i in ids]
     assert len(all_ids) == 60 and len(set(all_ids)) == 60
-    assert q.counts()[DONE] == 60
+    assert q.counts()[JobState.DONE] == 60
     with sm() as s:
         by = {j.id: (j.result or {}).get("by") for j in s.scalars(select(Job))}
     assert all(by[i] == name for name, ids in claimed.items() for i in ids)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.jobs import DONE
-from daemon.workers import WorkerSupervisor
+from daemon.db.states import JobState
+from daemon.jobs.workers import WorkerSupervisor
 from tests.test_jobs import (  # noqa: F401 - fixtures and tests collected again here
     engine,
     make_queue,
@@ -61,7 +61,9 @@ def test_worker_processes_run_real_jobs_on_postgresql(
     try:
         # each worker loads the models once, then runs the whole chain (toy volumes: "not
         # assessable", an SR each); two shared cores
-        wait_for("the jobs to finish", lambda: env.queue.counts()[DONE] == 4, sup, timeout=300)
+        wait_for(
+            "the jobs to finish", lambda: env.queue.counts()[JobState.DONE] == 4, sup, timeout=300
+        )
     finally:
         sup.stop(timeout=5.0)
     assert {env.job(i).attempts for i in ids} == {1}

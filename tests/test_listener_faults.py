@@ -40,9 +40,9 @@ from pydicom.uid import (
 )
 from sqlalchemy import select as sql_select
 
-import daemon.spool
+import daemon.intake.spool
 from daemon.db.models import AuditEvent, Instance, QuarantinedInstance, Series, Study
-from daemon.listener import EXTRA_REJECTORS
+from daemon.dicom.listener import EXTRA_REJECTORS
 from tests.conftest import require_tool
 from tests.factories import make_mr_series, write_series
 from tests.listener_harness import (  # noqa: F401 - fixtures
@@ -833,7 +833,7 @@ def test_tls_silent_client_times_out_while_others_are_served(
 # Process and infrastructure: spool full, database locked
 # =============================================================================
 class FullDisk:
-    """Stands in for ``os`` inside daemon.spool: ENOSPC after ``allow`` bytes, or on fsync."""
+    """Stands in for ``os`` inside daemon.intake.spool: ENOSPC after ``allow`` bytes, or on fsync."""
 
     def __init__(self, spool_tmp: Path, *, allow: int = 0, fsync_fails: bool = False) -> None:
         self.spool_tmp = str(spool_tmp)
@@ -876,7 +876,7 @@ def test_spool_full_answers_out_of_resources(
     node: NodeUnderTest, monkeypatch: pytest.MonkeyPatch, allow: int, fsync_fails: bool
 ) -> None:
     disk = FullDisk(node.spool.tmp_dir, allow=allow, fsync_fails=fsync_fails)
-    monkeypatch.setattr(daemon.spool, "os", disk)
+    monkeypatch.setattr(daemon.intake.spool, "os", disk)
     ds = make_mr_series(n_slices=1, rows=64, cols=64)[0]
     status = _store_bytes(node, encode_dataset(ds), ds.SOPInstanceUID, fragment=1000)
     assert disk.failures >= 1, "the simulated full disk was never hit"

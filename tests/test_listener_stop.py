@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from daemon.dimse_status import Status
-from daemon.ul_pdu import PDU_ABORT
+from daemon.dicom.dimse_status import Status
+from daemon.dicom.ul_pdu import PduType
 from tests.listener_harness import (  # noqa: F401 - fixtures
     MR_STORAGE,
     NodeUnderTest,
@@ -30,7 +30,7 @@ def test_idle_association_is_aborted_promptly_on_stop(node: NodeUnderTest) -> No
         node.listener.stop(timeout=10.0)
         assert time.monotonic() - started < 3.0
         pdu_type, _ = client.read_pdu(timeout=2.0)
-        assert pdu_type == PDU_ABORT
+        assert pdu_type == PduType.ABORT
     assert len(node.rows()) == 1
     assert node.temp_files() == []
 
@@ -49,7 +49,7 @@ def test_instance_in_flight_is_finished_before_the_abort(node: NodeUnderTest) ->
         client.send(pdata(3, 0x02, data[half:]))
         assert status_of(client.read_response()) == Status.SUCCESS
         pdu_type, _ = client.read_pdu(timeout=2.0)
-        assert pdu_type == PDU_ABORT
+        assert pdu_type == PduType.ABORT
         stopper.join(timeout=5)
         assert not stopper.is_alive()
     assert len(node.rows()) == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.notify import SystemdNotifier, Watchdog, watchdog_interval
+from daemon.ops.notify import SystemdNotifier, Watchdog, watchdog_interval
 
 
 class FakeSystemd:
@@ -93,7 +93,7 @@ def test_vanished_socket_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     os.unlink(address)
     folder.rmdir()
 
-    with caplog.at_level(logging.DEBUG, logger="daemon.notify"):
+    with caplog.at_level(logging.DEBUG, logger="daemon.ops.notify"):
         assert notifier.watchdog() is False
         assert notifier.stopping() is False
     assert "sd_notify to" in caplog.text
@@ -156,7 +156,7 @@ def test_a_stalled_loop_stops_the_pings(
     assert wd.maybe_ping()
     systemd.messages()
 
-    with caplog.at_level(logging.WARNING, logger="daemon.notify"):
+    with caplog.at_level(logging.WARNING, logger="daemon.ops.notify"):
         for _ in range(30):  # the listener hangs; main keeps going
             clock.advance(1)
             wd.beat("main")

@@ -18,18 +18,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import OutboxItem
-from daemon.destinations import Destination
-from daemon.errors import JobError
-from daemon.outbox import (
+from daemon.db.states import OutboxState
+from daemon.delivery.outbox import (
     DEFAULT_DESTINATION,
-    PENDING,
     checked_uid,
     publish_bytes,
     remove_stale_parts,
     stage_results,
 )
+from daemon.destinations import Destination
+from daemon.errors import JobError
+from daemon.ops.status import collect_status
 from daemon.settings import Settings
-from daemon.status import collect_status
 from tests.conftest import with_destinations
 from tests.factories import make_mr_series
 
@@ -82,7 +82,7 @@ def test_each_result_is_written_once_under_its_uids_and_queued_per_destination(
         (d, str(ds.SOPInstanceUID)) for d in ("pacs", "archive") for ds in datasets
     )
     assert {(r.state, r.attempts, r.next_attempt_at, r.created_at) for r in got} == {
-        (PENDING, 0, T0, T0)
+        (OutboxState.PENDING, 0, T0, T0)
     }
     assert not list(settings.data_dir.rglob("*.part"))
 
@@ -125,7 +125,7 @@ def test_the_first_version_of_a_uid_is_kept(
     node: tuple[Settings, sessionmaker[Session]], caplog: pytest.LogCaptureFixture
 ) -> None:
     settings, sm = node
-    caplog.set_level("INFO", logger="daemon.outbox")
+    caplog.set_level("INFO", logger="daemon.delivery.outbox")
     first = results(1)
     staged = stage_results(settings, sm, None, first, now=T0)
     original = (settings.data_dir / staged[0].relpath).read_bytes()

@@ -26,15 +26,16 @@ from daemon.db.models import (
     Study,
     StudyCharacteristics,
 )
-from daemon.jobs import DONE, QUEUED, JobQueue
-from daemon.reanalysis import (
+from daemon.db.states import JobState
+from daemon.intake.reanalysis import (
     handle_received_seg,
     latest_received_seg,
     previous_sr,
     requeue_series,
 )
+from daemon.intake.spool import Spool
+from daemon.jobs.queue import JobQueue
 from daemon.settings import Settings
-from daemon.spool import Spool
 
 STUDY = "1.2.826.0.1.3680043.10.99.1"
 T1C = "1.2.826.0.1.3680043.10.99.1.1"
@@ -91,7 +92,7 @@ def world(
             Job(
                 series_id=series.id,
                 revision=0,
-                state=DONE,
+                state=JobState.DONE,
                 result={
                     "outputs": [
                         {
@@ -117,7 +118,7 @@ def test_characteristics_are_recorded_merged_and_requeue_the_series(
     assert main(["characteristics", STUDY, "--necrosis", "yes", "--edema-index", "1.8"]) == 0
     assert "re-analysis queued for 1 series" in capsys.readouterr().out
     assert world.series().revision == 1
-    assert world.jobs() == [(0, DONE), (1, QUEUED)]
+    assert world.jobs() == [(0, JobState.DONE), (1, JobState.QUEUED)]
     assert main(["characteristics", STUDY, "--csf-cleft", "no"]) == 0
     with Session(world.engine) as s:
         row = s.scalar(select(StudyCharacteristics))
@@ -203,7 +204,7 @@ def test_received_seg_requeues_its_series_and_is_found_by_the_job(world: World) 
     reason, details = handle_received_seg(world.engine, world.spool, world.queue, int(seg_series))
     assert reason == "received SEG: re-analysis queued"
     assert details == {"referenced_series": [T1C]}
-    assert world.jobs() == [(0, DONE), (1, QUEUED)]
+    assert world.jobs() == [(0, JobState.DONE), (1, JobState.QUEUED)]
     with Session(world.engine) as s:
         found = latest_received_seg(s, world.spool, world.study_id, T1C)
         assert found is not None and found.name == "radiologist.dcm"
@@ -216,7 +217,7 @@ def test_our_own_seg_routed_back_is_ignored(world: World) -> None:
         s.add(OutboxItem(destination="pacs", sop_instance_uid=sop, path="results/x.dcm"))
     reason, _ = handle_received_seg(world.engine, world.spool, world.queue, int(seg_series))
     assert reason == "our own SEG routed back to us: ignored"
-    assert world.jobs() == [(0, DONE)]
+    assert world.jobs() == [(0, JobState.DONE)]
     with Session(world.engine) as s:
         assert latest_received_seg(s, world.spool, world.study_id, T1C) is None
 
@@ -225,7 +226,7 @@ def test_seg_for_an_unknown_series_is_kept_without_a_job(world: World) -> None:
     _, seg_series = _seg_file(world, "other", "1.2.826.0.1.3680043.10.99.7")
     reason, details = handle_received_seg(world.engine, world.spool, world.queue, int(seg_series))
     assert reason.startswith("received SEG for a series this node has not analysed")
-    assert world.jobs() == [(0, DONE)]
+    assert world.jobs() == [(0, JobState.DONE)]
 
 
 def test_requeue_skips_a_series_that_does_not_qualify(world: World) -> None:

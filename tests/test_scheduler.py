@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from daemon.db.engine import make_engine, migrate
 from daemon.db.models import AuditEvent, FollowupEntry, Instance, Job, OutboxItem, Series, Study
-from daemon.scheduler import (
+from daemon.followup.scheduler import (
     FIRST_RUN_DELAY,
     JOB_FOLLOWUP_DUE,
     JOB_FOLLOWUP_OVERDUE,
@@ -28,9 +28,9 @@ from daemon.scheduler import (
     purge_spool,
     retention_job,
 )
+from daemon.followup.surveillance import record_finding
+from daemon.intake.spool import Spool
 from daemon.settings import Settings
-from daemon.spool import Spool
-from daemon.surveillance import record_finding
 from tests.test_surveillance import BASE, CFG
 
 T0 = dt.datetime(2030, 1, 1, 8, 0, tzinfo=dt.UTC)
@@ -65,7 +65,7 @@ def test_restart_keeps_the_schedule(node_settings: Settings) -> None:
         assert second.next_run_times() == before
         job = second.apscheduler.get_job(JOB_FOLLOWUP_DUE)
         assert (job.coalesce, job.misfire_grace_time) == (True, 3600)
-        assert job.func_ref == "daemon.scheduler:followup_flagging_job"
+        assert job.func_ref == "daemon.followup.scheduler:followup_flagging_job"
     finally:
         second.stop()
 
@@ -289,3 +289,31 @@ def test_a_stored_job_that_cannot_be_restored_is_replaced(node_settings: Setting
     scheduler.stop()
     assert times[JOB_FOLLOWUP_DUE] == later + FIRST_RUN_DELAY
     assert times[JOB_FOLLOWUP_OVERDUE] == T0 + FIRST_RUN_DELAY
+
+
+def test_an_unrestorable_retention_job_is_dropped_when_retention_is_off(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    """Code moved since the job was stored (daemon.scheduler → daemon.followup.scheduler)."""
+    from sqlalchemy import update
+
+    from daemon.db.models import SchedulerJobRow
+
+    with_retention = make_settings(database__url=database_url, retention__spool_days=30)
+    engine = make_engine(with_retention.database_url)
+    migrate(engine)
+    started(with_retention, T0).stop()
+    with engine.begin() as conn:
+        conn.execute(
+            update(SchedulerJobRow)
+            .where(SchedulerJobRow.id == JOB_RETENTION)
+            .values(job_state=b"not a pickle")
+        )
+    engine.dispose()
+    without = dataclasses.replace(
+        with_retention, retention=dataclasses.replace(with_retention.retention, spool_days=0)
+    )
+    scheduler = started(without, T0)
+    times = scheduler.next_run_times()
+    scheduler.stop()
+    assert sorted(times) == [JOB_FOLLOWUP_DUE, JOB_FOLLOWUP_OVERDUE]

@@ -13,8 +13,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from ai_core.synth.vendors import VENDORS, description_variants
-from daemon.headers import extract_header
-from daemon.series_filter import CHECKS, SeriesDecision, decide_series
+from daemon.intake.headers import extract_header
+from daemon.intake.series_filter import CHECKS, FilterVerdict, decide_series
 from daemon.settings import FilterSettings
 from tests.factories import make_mr_series, make_study
 
@@ -52,7 +52,7 @@ def series_headers(vendor: str = "siemens", kind: str = "t1c_mprage", **kw: Any)
     return headers_of(make_mr_series(vendor, kind, **kw))
 
 
-def decide(headers: list[Any], cfg: FilterSettings = CFG) -> SeriesDecision:
+def decide(headers: list[Any], cfg: FilterSettings = CFG) -> FilterVerdict:
     decision = decide_series(headers, cfg)
     json.dumps(decision.details, allow_nan=False)  # stored in the database as JSON
     assert len(decision.reason) <= 255

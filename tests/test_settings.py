@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -61,6 +62,19 @@ def test_every_problem_is_reported_with_its_key(tmp_path: Path) -> None:
 def test_unknown_env_section_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="KI67NODE_NOPE__X"):
         load_settings(None, env={"KI67NODE_NOPE__X": "1"}, base_dir=tmp_path)
+
+
+def test_retired_key_is_accepted_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An old file naming node.dimse_timeout_seconds (read by nothing) still loads."""
+    cfg = tmp_path / "old.toml"
+    cfg.write_text("[node]\ndimse_timeout_seconds = 60\n")
+    with caplog.at_level(logging.WARNING, logger="daemon.settings_parse"):
+        s = load_settings(cfg, env={}, base_dir=tmp_path)
+    assert s == load_settings(None, env={}, base_dir=tmp_path)
+    assert "node.dimse_timeout_seconds is retired" in caplog.text
+    assert "remove it" in caplog.text
 
 
 def test_settings_are_frozen(tmp_path: Path) -> None:

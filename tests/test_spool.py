@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import SpoolError
-from daemon.spool import Spool
+from daemon.intake.spool import Spool
 
 
 def test_write_publishes_complete_file_under_server_made_name(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def full(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("daemon.spool.os.write", full)
+    monkeypatch.setattr("daemon.intake.spool.os.write", full)
     with pytest.raises(SpoolError, match="No space left"):
         temp.write(b"more")
     assert list(spool.tmp_dir.iterdir()) == []

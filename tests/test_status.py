@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from daemon import status as status_mod
 from daemon.cli import main
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import (
@@ -23,15 +22,15 @@ from daemon.db.models import (
     SeriesDecision,
     Study,
 )
+from daemon.db.read import make_read_engine, safe_url
 from daemon.errors import DatabaseError
-from daemon.settings import Settings
-from daemon.status import (
+from daemon.ops import status as status_mod
+from daemon.ops.status import (
     collect_status,
     format_status,
-    make_read_engine,
     query_status,
-    safe_url,
 )
+from daemon.settings import Settings
 
 CANARY_NAME = "CANARY^PHI^NAME"
 CANARY_ID = "CANARY-ID-4711"

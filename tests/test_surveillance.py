@@ -11,19 +11,16 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from daemon.cli_followups import set_asymptomatic
+from daemon.cli.followups import set_asymptomatic
 from daemon.db.engine import make_engine, migrate
 from daemon.db.models import AuditEvent, FollowupEntry, MeningiomaFinding
-from daemon.scheduler import flag_due, flag_overdue
-from daemon.settings import FollowupSettings
-from daemon.surveillance import (
+from daemon.followup.rules import SurveillanceError, add_months, compare_volumes, status_at
+from daemon.followup.scheduler import flag_due, flag_overdue
+from daemon.followup.surveillance import (
     Finding,
-    SurveillanceError,
-    add_months,
-    compare_volumes,
     record_finding,
-    status_at,
 )
+from daemon.settings import FollowupSettings
 
 CFG = FollowupSettings()
 NOW = dt.datetime(2026, 3, 1, 12, 0)

@@ -1,7 +1,7 @@
 """Worker processes under their supervisor: real jobs, crashes, hangs, SIGTERM, a dead parent.
 
 The job functions below are imported by the spawned workers by name
-(``tests.test_workers:...``), exactly as the product's ``daemon.pipeline:run_job``.
+(``tests.test_workers:...``), exactly as the product's ``daemon.jobs.pipeline:run_job``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.engine import make_engine, make_sessionmaker, migrate
 from daemon.db.models import AuditEvent, Instance, Job, Series, Study
-from daemon.jobs import DONE, FAILED, QUEUED, RUNNING, ClaimedJob, JobQueue, JobRunner, QueueFactory
+from daemon.db.states import JobState
+from daemon.intake.spool import Spool
+from daemon.jobs.queue import (
+    ClaimedJob,
+    JobQueue,
+    JobRunner,
+    QueueFactory,
+)
+from daemon.jobs.worker_process import WorkerOptions, resolve_target
+from daemon.jobs.workers import WorkerSupervisor, host_prefix
 from daemon.settings import Settings
-from daemon.spool import Spool
-from daemon.workers import WorkerOptions, WorkerSupervisor, host_prefix, resolve_target
 from tests.test_volume import COLS, ROWS, write_classic
 
 FAST = WorkerOptions(idle_poll_seconds=0.1, heartbeat_seconds=0.5, restart_backoff_seconds=0.2)
@@ -191,14 +198,14 @@ def test_worker_runs_real_jobs_and_inherits_no_socket(
         runner.start()
         wait_for(
             "all jobs to end",
-            lambda: env.queue.counts()[DONE] + env.queue.counts()[FAILED] == 3,
+            lambda: env.queue.counts()[JobState.DONE] + env.queue.counts()[JobState.FAILED] == 3,
             sup,
         )
         pid = sup.status()[0]["pid"]
         assert inode not in socket_inodes(pid)
     assert runner.alive()
     job = env.job(ids[0])
-    assert job.state == DONE and job.attempts == 1
+    assert job.state == JobState.DONE and job.attempts == 1
     result = job.result or {}
     # a 5-slice toy volume holds no tumour: the full chain runs and reports "not assessable"
     assert result["stages_run"][:3] == ["load", "preprocess", "segmentation"]
@@ -213,7 +220,7 @@ def test_worker_runs_real_jobs_and_inherits_no_socket(
     json.dumps(result)  # JSON-safe
     for job_id, reason in ((ids[1], "missing slices"), (ids[2], "no stored instances")):
         failed = env.job(job_id)
-        assert failed.state == FAILED and failed.attempts == 1  # bad data is not retried
+        assert failed.state == JobState.FAILED and failed.attempts == 1  # bad data is not retried
         assert reason in (failed.error or "")
 
 
@@ -233,7 +240,7 @@ def test_killed_worker_is_restarted_and_its_job_requeued(
     wait_for("the job to run", lambda: sup.status()[0]["job_id"] == job_id, sup)
     first_pid = sup.status()[0]["pid"]
     os.kill(first_pid, signal.SIGKILL)
-    wait_for("the job to finish on attempt 2", lambda: env.job(job_id).state == DONE, sup)
+    wait_for("the job to finish on attempt 2", lambda: env.job(job_id).state == JobState.DONE, sup)
     status = sup.status()[0]
     assert status["pid"] != first_pid and status["alive"] and status["restarts"] == 1
     assert status["last_exitcode"] == -signal.SIGKILL
@@ -256,7 +263,7 @@ def test_hung_job_is_killed_after_the_timeout(
     sup.start()
     wait_for("the job to run", lambda: sup.status()[0]["job_id"] == job_id, sup)
     started = time.monotonic()
-    wait_for("the hung job to fail", lambda: env.job(job_id).state == FAILED, sup)
+    wait_for("the hung job to fail", lambda: env.job(job_id).state == JobState.FAILED, sup)
     assert time.monotonic() - started < 1.0 + 10.0
     job = env.job(job_id)
     assert "timed out after 1 s" in (job.error or "") and job.attempts == 1
@@ -276,7 +283,7 @@ def test_crash_loop_fails_the_job_and_backs_off_restarts(
     )
     supervisors.append(sup)
     sup.start()
-    wait_for("the job to fail", lambda: env.job(job_id).state == FAILED, sup)
+    wait_for("the job to fail", lambda: env.job(job_id).state == JobState.FAILED, sup)
     job = env.job(job_id)
     assert job.attempts == 2 and "exited with code 13" in (job.error or "")
     status = sup.status()[0]
@@ -295,7 +302,7 @@ def test_stop_terminates_idle_workers_and_gives_back_a_running_job(
     )
     supervisors.append(sup)
     sup.start()
-    wait_for("the job to run", lambda: env.job(job_id).state == RUNNING, sup)
+    wait_for("the job to run", lambda: env.job(job_id).state == JobState.RUNNING, sup)
     wait_for("both workers up", lambda: all(s["alive"] for s in sup.status()), sup)
     pids = [s["pid"] for s in sup.status()]
     started = time.monotonic()
@@ -305,7 +312,7 @@ def test_stop_terminates_idle_workers_and_gives_back_a_running_job(
     codes = sorted(s["last_exitcode"] for s in sup.status())
     assert codes == [-signal.SIGKILL, 0]  # the idle one left on SIGTERM, the hung one was killed
     job = env.job(job_id)
-    assert (job.state, job.attempts) == (QUEUED, 0)  # given back, no attempt spent
+    assert (job.state, job.attempts) == (JobState.QUEUED, 0)  # given back, no attempt spent
     assert not sup.alive()
 
 
@@ -319,11 +326,11 @@ def test_sigterm_lets_the_running_job_finish(
     )
     supervisors.append(sup)
     sup.start()
-    wait_for("the job to run", lambda: env.job(job_id).state == RUNNING, sup)
+    wait_for("the job to run", lambda: env.job(job_id).state == JobState.RUNNING, sup)
     sup.stop(timeout=20.0)
     assert sup.status()[0]["last_exitcode"] == 0
     job = env.job(job_id)
-    assert (job.state, job.attempts) == (DONE, 1)
+    assert (job.state, job.attempts) == (JobState.DONE, 1)
 
 
 def test_worker_gives_back_its_job_and_exits_when_the_supervisor_dies(
@@ -334,7 +341,7 @@ def test_worker_gives_back_its_job_and_exits_when_the_supervisor_dies(
     script = (
         "import sys, time, json\n"
         "from daemon.settings import load_settings\n"
-        "from daemon.workers import WorkerOptions, WorkerSupervisor\n"
+        "from daemon.jobs.worker_process import WorkerOptions\nfrom daemon.jobs.workers import WorkerSupervisor\n"
         "sup = WorkerSupervisor(load_settings(None), n_workers=1, job_target='tests.test_workers:hang',\n"
         "    options=WorkerOptions(idle_poll_seconds=0.1, heartbeat_seconds=0.5))\n"
         "sup.start()\n"
@@ -351,7 +358,7 @@ def test_worker_gives_back_its_job_and_exits_when_the_supervisor_dies(
     try:
         assert parent.stdout is not None
         worker_pid = int(parent.stdout.readline())
-        wait_for("the job to run", lambda: env.job(job_id).state == RUNNING)
+        wait_for("the job to run", lambda: env.job(job_id).state == JobState.RUNNING)
         parent.kill()
         parent.wait(10)
         wait_for("the orphaned worker to exit", lambda: gone(worker_pid))
@@ -360,15 +367,15 @@ def test_worker_gives_back_its_job_and_exits_when_the_supervisor_dies(
             parent.kill()
             parent.wait(10)
     job = env.job(job_id)
-    assert (job.state, job.attempts) == (QUEUED, 0)
+    assert (job.state, job.attempts) == (JobState.QUEUED, 0)
 
 
 def test_resolve_target_finds_the_pipeline() -> None:
-    from daemon.pipeline import run_job
+    from daemon.jobs.pipeline import run_job
 
-    assert resolve_target("daemon.pipeline:run_job") is run_job
+    assert resolve_target("daemon.jobs.pipeline:run_job") is run_job
     with pytest.raises(AttributeError, match="no_such_function"):
-        resolve_target("daemon.pipeline:no_such_function")
+        resolve_target("daemon.jobs.pipeline:no_such_function")
 
 
 def test_start_recovers_jobs_left_running_on_this_host(make_env: Callable[..., Env]) -> None:
@@ -383,12 +390,12 @@ def test_start_recovers_jobs_left_running_on_this_host(make_env: Callable[..., E
     with pytest.raises(ValueError, match=r"now=time.monotonic\(\)"):
         sup.poll(time.time())
     sup.stop(timeout=1.0)
-    assert (env.job(mine).state, env.job(mine).attempts) == (QUEUED, 1)
+    assert (env.job(mine).state, env.job(mine).attempts) == (JobState.QUEUED, 1)
     assert "gone when the node started" in (env.job(mine).error or "")
-    assert env.job(other).state == RUNNING  # another node's worker: not ours to recover
+    assert env.job(other).state == JobState.RUNNING  # another node's worker: not ours to recover
 
 
-# -- daemon.pipeline.run_job in-process: how failures are classified ---------------------
+# -- daemon.jobs.pipeline.run_job in-process: how failures are classified ---------------------
 def _claimed(env: Env, series_id: int) -> ClaimedJob:
     env.queue.enqueue(series_id, 0)
     job = env.queue.claim("inline")
@@ -420,7 +427,7 @@ def test_run_job_refuses_damaged_spool_without_retry(
     message: str,
 ) -> None:
     from daemon.errors import JobError
-    from daemon.pipeline import run_job
+    from daemon.jobs.pipeline import run_job
 
     env = make_env()
     paths = write_classic(tmp_path / "s", n=4)
@@ -436,7 +443,7 @@ def test_run_job_retries_io_errors(
 ) -> None:
     import errno
 
-    import daemon.pipeline as pipeline
+    import daemon.jobs.pipeline as pipeline
     from daemon.errors import JobError
 
     def io_error(_paths: object) -> None:
@@ -453,9 +460,9 @@ def test_run_job_retries_io_errors(
 def test_run_job_fails_without_retry_when_an_output_cannot_be_built(
     make_env: Callable[..., Env], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import daemon.chain as chain
+    import daemon.jobs.chain as chain
     from daemon.errors import JobError
-    from daemon.pipeline import run_job
+    from daemon.jobs.pipeline import run_job
     from dicom_out.context import OutputError
 
     def unsupported(*_args: object, **_kwargs: object) -> None:
@@ -476,7 +483,7 @@ def test_run_job_on_a_purged_series_asks_for_it_again(
 
     from daemon.db.models import utcnow
     from daemon.errors import JobError
-    from daemon.pipeline import run_job
+    from daemon.jobs.pipeline import run_job
 
     env = make_env()
     job = _claimed(env, env.add_series(write_classic(tmp_path / "s", n=3), "1.2.826.0.9.4"))

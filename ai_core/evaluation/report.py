@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ai_core.disclaimer import DISCLAIMER_SENTENCE
 from ai_core.evaluation.metrics import METRIC_NAMES, Interval
 from ai_core.evaluation.protocol import (
     BAYES,
@@ -26,7 +27,6 @@ from ai_core.evaluation.protocol import (
     summary_table,
 )
 
-DISCLAIMER = "Research use only, not for diagnostic use."
 _HEADERS = ("AUC", "Accuracy", "Sensitivity", "Specificity", "F1", "MCC")
 
 
@@ -62,7 +62,7 @@ def write_report(
     lines = [
         "# Ki-67 ≥ 5 % prediction: evaluation report",
         "",
-        f"**{DISCLAIMER}**"
+        f"**{DISCLAIMER_SENTENCE}**"
         + (
             " The model and this cohort are synthetic (ki67node synth): no real patient."
             if bundle.synthetic
@@ -144,11 +144,11 @@ def write_report(
             lines.append(
                 f"| {name} | {len(y)} | {int(np.sum(y))} | {roc_auc(y, sc):.3f} | {thr:.3f} |"
             )
-    lines += ["", f"_{DISCLAIMER}_", ""]
+    lines += ["", f"_{DISCLAIMER_SENTENCE}_", ""]
     report = out_dir / "report.md"
     _atomic(report, "\n".join(lines))
     payload = {
-        "disclaimer": DISCLAIMER,
+        "disclaimer": DISCLAIMER_SENTENCE,
         "synthetic_model": bundle.synthetic,
         "model_version": result.model_version,
         "manifests": [str(m) for m in manifests],

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ai_core.disclaimer import DISCLAIMER
 from ai_core.errors import ModelError
 from ai_core.model.inputs import CropParams
 from ai_core.preprocess import PreprocessParams
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 BUNDLE_FORMAT = 1
 MODEL_NAME = "ki67node-cmmt"
-DISCLAIMER = "research use only, not for diagnostic use"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights" / "ki67"
 _FILES = ("model.json", "weights.pt", "radiomics.yaml", "standardiser.json")
 

@@ -28,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from daemon.db.states import JobState, OutboxState, SeriesState
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -60,7 +62,7 @@ class Series(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     modality: Mapped[str | None] = mapped_column(String(16))
     description: Mapped[str | None] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING, index=True)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     expected_count: Mapped[int | None] = mapped_column(Integer)
     revision: Mapped[int] = mapped_column(Integer, default=0)
@@ -127,7 +129,7 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(32), default="analyse_series")
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     revision: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     not_before: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -153,7 +155,7 @@ class OutboxItem(Base):
     destination: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(UID)
     path: Mapped[str] = mapped_column(String(255))
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)
