@@ -78,7 +78,8 @@ def test_dural_distance_is_zero_at_the_falx_and_the_skull_and_large_deep_inside(
     zz, yy, xx = np.indices((40, 50, 60), dtype=float)
     inside = ((zz - 20) / 18) ** 2 + ((yy - 25) / 23) ** 2 + ((xx - 30) / 28) ** 2 <= 1
     d = dural_distance(inside, 2.0)
-    assert d[20, 25, 30] < 2.0  # on the mid-sagittal plane (the falx)
+    assert d[30, 25, 30] < 2.0  # on the mid-sagittal plane, above the centre (the falx)
+    assert d[8, 25, 30] > 10.0  # midline but low (brainstem level): no falx there
     assert d[20, 25, 3] < 4.5  # two voxels from the inner table
     assert d[20, 25, 15] > 15.0  # deep in a hemisphere
     assert not d[~inside].any()

@@ -80,6 +80,7 @@ POSTPROCESS = PostprocessParams(
     min_confidence=0.8,
     confidence_quantile=0.9,
     min_intracranial=0.5,
+    max_dural_distance_mm=8.0,
 )
 #: Head statistics of preprocessed synthetic T1C studies (40 studies, cohort seed 101,
 #: measured for model 0.1.0); the preprocessing has not changed since.

@@ -241,7 +241,8 @@ def dural_distance(intracranial: np.ndarray, spacing_mm: float) -> np.ndarray:
     The dura is the compartment's surface (the inner table, the skull base)
     and the falx, taken as the mid-sagittal plane fitted through the centres
     of the compartment's left-right extent, row by row (so a tilted or turned
-    head keeps its falx). Tentorium and ventricles are not dura here: a
+    head keeps its falx), above the compartment's centre (the falx hangs
+    from the vault; the brainstem below is midline too). Tentorium and ventricles are not dura here: a
     lesion attached only to them is not dural-based by this rule.
     """
     from scipy import ndimage as ndi
@@ -262,6 +263,9 @@ def dural_distance(intracranial: np.ndarray, spacing_mm: float) -> np.ndarray:
     zz, yy = np.indices(mask.shape[:2], dtype=np.float64)
     plane = coef[0] + coef[1] * yy + coef[2] * zz
     midline = np.abs(xs[None, None, :] - plane[:, :, None]) * spacing_mm
+    # the falx hangs in the upper half only: the brainstem and the sella are midline too
+    lower = zz < np.argwhere(mask)[:, 0].mean()
+    midline[lower] = np.inf
     return np.where(mask, np.minimum(surface, midline), 0.0).astype(np.float32)
 
 

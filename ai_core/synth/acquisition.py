@@ -13,7 +13,7 @@ noise, and quantisation to stored values with RescaleSlope/Intercept.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -21,8 +21,17 @@ from scipy.spatial.transform import Rotation
 
 from ai_core.synth.anatomy import HeadModel
 
-if TYPE_CHECKING:
-    from ai_core.synth.heads import HeadVariant
+
+class HeadWarp(Protocol):
+    """A nonlinear head deformation (:class:`ai_core.synth.heads.HeadVariant` is one)."""
+
+    @property
+    def is_identity(self) -> bool: ...
+
+    def template_points(self, ras: np.ndarray) -> np.ndarray:
+        """The template point (RAS mm) that each variant-head point ``ras`` (n, 3) shows."""
+        ...
+
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 BASES = {  # (row direction X, column direction Y) in LPS, as scanners write them
@@ -189,7 +198,7 @@ def sample(
     model: HeadModel,
     pose: Pose,
     grid: Grid,
-    warp: HeadVariant | None = None,
+    warp: HeadWarp | None = None,
 ) -> np.ndarray:
     """Resample a (PSF-blurred) world volume onto the grid -> float32 [slice, row, col].
 
@@ -232,7 +241,7 @@ def sample(
 
 
 def _sample_warped(
-    world: np.ndarray, model: HeadModel, m: np.ndarray, grid: Grid, warp: HeadVariant
+    world: np.ndarray, model: HeadModel, m: np.ndarray, grid: Grid, warp: HeadWarp
 ) -> np.ndarray:
     """:func:`sample` through a nonlinear warp, a few slices at a time (bounded memory)."""
     h = model.spacing

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage as ndi
 
+from ai_core.synth.acquisition import HEAD_CENTRE_RAS, Pose
 from ai_core.synth.anatomy import (
     TEMPLATE_CSF,
     WORLD_MAX,
@@ -50,7 +51,6 @@ from ai_core.synth.anatomy import (
 )
 
 if TYPE_CHECKING:
-    from ai_core.synth.acquisition import Pose
     from ai_core.synth.contrast import HeadLayers
 
 MAX_HEAD_INDEX = 9999
@@ -191,8 +191,6 @@ class HeadVariant:
 
     def fold_pose(self, pose: Pose) -> Pose:
         """The case's pose with this head's anisotropic scale (about the head centre) folded in."""
-        from ai_core.synth.acquisition import HEAD_CENTRE_RAS, Pose
-
         if self.is_identity:
             return pose
         m = pose.matrix.copy()
