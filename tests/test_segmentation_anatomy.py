@@ -31,7 +31,7 @@ TUMOUR_FREE_CASE = (43, 0, 14)
 
 
 def _render(tmp: Path, seed: int, index: int, head: int, **options: object) -> tuple[Case, dict]:
-    from ai_core.synth.cohort import _write_mask
+    from ai_core.synth.output import write_mask
     from ai_core.synth.plan import CohortOptions, plan_case
     from ai_core.synth.profiles import PROFILES
     from ai_core.synth.render import render_case
@@ -41,7 +41,7 @@ def _render(tmp: Path, seed: int, index: int, head: int, **options: object) -> t
     plan = plan_case(seed, index, PROFILES["internal"], "full", opts)
     rendered = render_case(plan, tmp)
     (tmp / "masks").mkdir(exist_ok=True)
-    _write_mask(tmp / "masks" / f"{plan.case_id}.nii.gz", rendered)
+    write_mask(tmp / "masks" / f"{plan.case_id}.nii.gz", rendered)
     row = {"case_id": plan.case_id, "series_number": str(rendered.record["series_number"])}
     return load_case(tmp, row), rendered.record
 

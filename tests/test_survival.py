@@ -14,7 +14,8 @@ from lifelines.statistics import logrank_test
 
 from ai_core.errors import EvaluationError
 from ai_core.evaluation import survival as sv
-from ai_core.evaluation.survival_plots import footer_text, write_growth_report
+from ai_core.evaluation.growth_report import write_growth_report
+from ai_core.evaluation.survival_plots import footer_text
 from ai_core.evaluation.survival_report import (
     RISK,
     GrowthCohort,

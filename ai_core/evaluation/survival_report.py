@@ -7,8 +7,9 @@ follow-up), ``event`` (1 = growth >= 15 %) and optional ``skull_base``
 histology). The bundle's network scores each baseline (image pipeline with
 the feature cache, Output 1, risk group at the bundle's threshold), then
 :func:`analyse` computes Kaplan-Meier curves, log-rank tests, Cox models,
-time-dependent AUCs and the decision curve, and :func:`write_growth_report`
-writes ``report.md``, ``results.json`` and the PNGs (docs/growth-analysis.md).
+time-dependent AUCs and the decision curve;
+:mod:`ai_core.evaluation.growth_report` runs it all and writes ``report.md``,
+``results.json`` and the PNGs (docs/growth-analysis.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import time as clock
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ import numpy as np
 
 from ai_core.errors import AiCoreError, EvaluationError
 from ai_core.evaluation import survival as sv
+from ai_core.evaluation.survival_plots import KM_TICKS
 from ai_core.model.cases import ManifestCase
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,6 @@ def _km_block(c: GrowthCohort, sel: np.ndarray, groups: np.ndarray) -> dict[str,
         for g in sorted(set(groups[sel].tolist()))
     }
     test = sv.logrank(c.time[sel], c.event[sel], groups[sel])
-    from ai_core.evaluation.survival_plots import KM_TICKS
-
     return {
         "curves": curves,
         "at_risk": {g: sv.at_risk(c.time[sel & (groups == g)], KM_TICKS) for g in curves},
@@ -237,72 +236,3 @@ def analyse(
     risks["model risk group (treat high)"] = c.high.astype(float)
     res["decision_curve"] = sv.decision_curve(c.time, c.event, risks, decision_years)
     return res
-
-
-def run_growth_analysis(
-    manifests: Sequence[Path],
-    bundle_dir: Path | None,
-    out_dir: Path,
-    *,
-    cache_dir: Path | None = None,
-    workers: int = 1,
-    progress: bool = True,
-    device: str = "cpu",
-    bootstrap: int = 200,
-    seed: int = 0,
-) -> tuple[dict[str, Any], Path]:
-    """Predict on every baseline, analyse, write the report; returns (results, report.md)."""
-    from ai_core.evaluation.survival_plots import write_growth_report
-    from ai_core.model.bundle import load_bundle
-    from ai_core.model.cases import FeatureParams, extract_features
-    from ai_core.model.data import build_table
-    from ai_core.model.fit import is_synthetic
-    from ai_core.model.train import predict_table
-
-    start = clock.perf_counter()
-    bundle = load_bundle(bundle_dir)
-    rows: list[GrowthCase] = []
-    for m in manifests:
-        rows.extend(read_growth_manifest(Path(m)))
-    ids = [r.case.case_id for r in rows]
-    if len(set(ids)) != len(ids):
-        raise EvaluationError("a case_id appears in more than one growth manifest")
-    params = FeatureParams(bundle.preprocess, bundle.crop, bundle.radiomics_params)
-    features = extract_features(
-        [r.case for r in rows],
-        params,
-        cache_dir or out_dir / "cache",
-        workers=workers,
-        progress=progress,
-        device=device,
-    )
-    table = build_table([r.case for r in rows], features)
-    probs = predict_table(bundle.build_model(device), table, bundle.standardiser, device=device)
-    by_id = {r.case.case_id: r for r in rows}
-    used = [by_id[i] for i in table.case_ids]
-
-    def col(get: Any) -> np.ndarray:
-        return np.array([np.nan if (v := get(r)) is None else float(v) for r in used])
-
-    cohort = GrowthCohort(
-        case_ids=list(table.case_ids),
-        time=col(lambda r: r.time_years),
-        event=col(lambda r: r.event).astype(bool),
-        probability=np.asarray(probs["output1"], dtype=float),
-        threshold=float(bundle.threshold),
-        volume_cm3=np.asarray(table.volume_cm3, dtype=float),
-        age=col(lambda r: r.case.clinical.get("age")),
-        sex_female=col(lambda r: r.case.clinical.get("sex_female")),
-        skull_base=col(lambda r: r.skull_base),
-        label=col(lambda r: r.case.label if r.label_known else None),
-        bayes=col(lambda r: r.case.bayes_probability),
-    )
-    results = analyse(cohort, bootstrap=bootstrap, seed=seed)
-    results["not_assessable"] = dict(table.not_assessable)
-    results["seconds"] = round(clock.perf_counter() - start, 1)
-    results["model"] = bundle.describe()
-    results["threshold"] = cohort.threshold
-    results["manifests"] = [str(m) for m in manifests]
-    synthetic = is_synthetic([Path(m) for m in manifests])
-    report = write_growth_report(results, cohort, Path(out_dir), synthetic=synthetic)
-    return results, report

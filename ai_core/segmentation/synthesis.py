@@ -40,6 +40,7 @@ class SynthesisParams:
     p_realistic: float = 0.4
     p_tumour_centre: float = 0.45
     p_decoy_centre: float = 0.25
+    p_brain_centre: float = 0.0  # hard negatives: the brainstem and deep brain above the skull base
     rotation_deg: float = 15.0
     scale: tuple[float, float] = (0.85, 1.15)
     elastic_mm: float = 3.0
@@ -52,7 +53,7 @@ class SynthesisParams:
     def __post_init__(self) -> None:
         if self.crop < 16 or self.crop % 8:
             raise ValueError(f"crop must be a multiple of 8 and >= 16, got {self.crop}")
-        for name in ("p_realistic", "p_tumour_centre", "p_decoy_centre", "p_thick"):
+        for name in ("p_realistic", "p_tumour_centre", "p_decoy_centre", "p_brain_centre", "p_thick"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
@@ -109,14 +110,32 @@ def _appearance(rng: np.random.Generator, realistic: bool) -> tuple[np.ndarray, 
     return means, spread
 
 
+def _lower_brain(lm: LabelMap) -> np.ndarray:
+    """Flat indices of brain voxels in the lower third of the brain (brainstem, temporal lobes)."""
+    brain = np.isin(lm.labels, BRAIN_CODES)
+    z = np.flatnonzero(brain.any(axis=(0, 1)))
+    if z.size == 0:
+        return np.flatnonzero(brain)
+    cut = z[0] + (z[-1] - z[0]) // 3
+    brain[:, :, cut + 1 :] = False
+    return np.flatnonzero(brain)
+
+
 def _centre(lm: LabelMap, rng: np.random.Generator, params: SynthesisParams) -> np.ndarray:
-    """Index of the crop centre: on the tumour, on a decoy, or anywhere in the head."""
+    """Index of the crop centre: on the tumour, a decoy, the lower brain, or anywhere in the head."""
     roll = rng.random()
     codes: tuple[int, ...]
     if lm.tumour_cm3 > 0 and roll < params.p_tumour_centre:
         codes = TUMOUR_CODES
     elif roll < params.p_tumour_centre + params.p_decoy_centre:
         codes = DECOYS
+    elif roll < params.p_tumour_centre + params.p_decoy_centre + params.p_brain_centre:
+        idx = _lower_brain(lm)
+        if idx.size:
+            flat = int(idx[int(rng.integers(idx.size))])
+            centre = np.array(np.unravel_index(flat, lm.labels.shape), dtype=float)
+            return centre + rng.uniform(-4.0 / lm.spacing, 4.0 / lm.spacing, 3)
+        codes = tuple(range(1, N_CODES))
     elif rng.random() < 0.7:
         codes = tuple(range(1, N_CODES))  # anywhere in the head
     else:

@@ -111,7 +111,7 @@ class TrainParams:
     checkpoint_every: int = 200
     intracranial_weight: float = 0.5
     arch: str = "base"
-    init: str = ""  # a 0.1 (softmax) model folder to warm-start the "small" network from
+    init: str = ""  # a 0.1 model folder (warm start) or a 0.2 one (fine-tune) of the same arch
     roi: int = 0  # inference window edge (voxels); 0: the crop's
 
     def __post_init__(self) -> None:
@@ -239,6 +239,8 @@ def _learning_rate(params: TrainParams, step: int, seconds: float) -> float:
 def warm_start(net: Any, folder: Path) -> None:
     """Load a 0.1 (softmax: background, tumour) model into the two-sigmoid ``net``.
 
+    A 0.2 (two-sigmoid) model of the same architecture is loaded unchanged
+    (fine-tuning a previous run).
     Every layer but the last is copied. The last (MONAI's top residual unit:
     ``conv(h) + h`` on the two channels ``h``) is set so that output 0 is
     exactly the old tumour logit minus the background logit — the old tumour
@@ -250,9 +252,10 @@ def warm_start(net: Any, folder: Path) -> None:
     from ai_core.segmentation.unet import load_unet_model
 
     old = load_unet_model(folder)
-    if old.architecture.activation != "softmax":
-        raise ValueError(f"{folder} is not a 0.1 (softmax) model; --init needs one")
     state = torch.load(folder / old.weights_file, map_location="cpu", weights_only=True)
+    if old.architecture.activation == "sigmoid":  # a 0.2 model: fine-tune it as it is
+        net.load_state_dict(state)
+        return
     last = "model.2.1.conv.unit0.conv."
     weight, bias = state[last + "weight"].clone(), state[last + "bias"].clone()
     centre = tuple(k // 2 for k in weight.shape[2:])
@@ -443,7 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=d.arch)
-    parser.add_argument("--init", default="", help="0.1 model folder to warm-start from")
+    parser.add_argument(
+        "--init", default="", help="model folder to start from (0.1: warm start; 0.2: fine-tune)"
+    )
     parser.add_argument("--roi", type=int, default=0, help="inference window (0: --crop)")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
     s = SynthesisParams()
@@ -453,6 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=s.p_realistic,
         help=f"share of samples with a realistic T1C appearance ({s.p_realistic})",
+    )
+    parser.add_argument(
+        "--p-brain-centre",
+        type=float,
+        default=s.p_brain_centre,
+        help=f"share of crops centred in the lower brain: hard negatives ({s.p_brain_centre})",
     )
     parser.add_argument("--holdout", type=Path, help="ki67node synth cohort for held-out Dice")
     args = parser.parse_args(argv)
@@ -476,7 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         roi=args.roi,
         learning_rate=args.learning_rate,
     )
-    synthesis = replace(s, crop=args.crop, p_realistic=args.p_realistic)
+    synthesis = replace(
+        s, crop=args.crop, p_realistic=args.p_realistic, p_brain_centre=args.p_brain_centre
+    )
     meta = train(args.out, params, resume=args.resume, synthesis=synthesis)
     if args.holdout:
         rows = evaluate(args.out, list(load_cohort(args.holdout)), device=args.device)

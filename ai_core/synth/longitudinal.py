@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ai_core.synth.anatomy import SynthError
+from ai_core.synth.output import atomic_text, check_args, progress_bar, write_mask, write_summary
 from ai_core.synth.plan import STREAM_GROWTH, CasePlan, plan_case, stream
 from ai_core.synth.profiles import PROFILES, SiteProfile
 
@@ -290,16 +291,15 @@ def generate_longitudinal(
     model: GrowthModel | None = None,
 ) -> LongitudinalSummary:
     """Write ``cases`` surveillance patients: baseline studies, follow-ups, truth, manifest."""
-    from ai_core.synth import cohort as base_cohort
     from ai_core.synth.render import render_case
 
     out_dir = Path(out_dir)
-    base_cohort._check_args(out_dir, cases, seed, profile, size)
+    check_args(out_dir, cases, seed, profile, size)
     model = model or GrowthModel()
     site = profile if isinstance(profile, SiteProfile) else PROFILES[profile]
     site = replace(site, asymptomatic_fraction=1.0)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    bar = base_cohort._progress(cases, progress)
+    bar = progress_bar(cases, progress)
     records: list[dict[str, Any]] = []
     patients: list[dict[str, Any]] = []
     written = 0
@@ -307,7 +307,7 @@ def generate_longitudinal(
         for index in range(cases):
             plan = plan_case(seed, index, site, size)
             rendered = render_case(plan, out_dir)
-            base_cohort._write_mask(out_dir / "masks" / f"{plan.case_id}.nii.gz", rendered)
+            write_mask(out_dir / "masks" / f"{plan.case_id}.nii.gz", rendered)
             rendered.record["mask_file"] = f"masks/{plan.case_id}.nii.gz"
             records.append(rendered.record)
             rng = stream(seed, index, STREAM_GROWTH)
@@ -328,7 +328,7 @@ def generate_longitudinal(
                     done = render_case(fu, out_dir / "followups")
                     restamp_identity(out_dir / "followups" / fu.case_id, plan, visit)
                     mask = out_dir / "masks" / f"{fu.case_id}.nii.gz"
-                    base_cohort._write_mask(mask, done)
+                    write_mask(mask, done)
                     r = done.record
                     entry.update(
                         study_uid=r["study_uid"],
@@ -345,7 +345,7 @@ def generate_longitudinal(
     finally:
         if bar is not None:
             bar.close()
-    summary = base_cohort._write_summary(out_dir, records, seed, site, size)
+    summary = write_summary(out_dir, records, seed, site, size)
     return _write_growth(out_dir, summary, patients, model, written, seed)
 
 
@@ -384,15 +384,13 @@ def _write_growth(
 ) -> LongitudinalSummary:
     import csv
 
-    from ai_core.synth.cohort import _atomic_text
-
     truth_json = out_dir / "growth_truth.json"
-    _atomic_text(truth_json, json.dumps(patients, indent=1, sort_keys=True) + "\n")
+    atomic_text(truth_json, json.dumps(patients, indent=1, sort_keys=True) + "\n")
     keys = [k for k in patients[0] if k != "followups"] + ["followup_years"]
     rows = [
         {**p, "followup_years": " ".join(str(f["years"]) for f in p["followups"])} for p in patients
     ]
-    _atomic_text(out_dir / "growth_truth.csv", _csv_text(keys, rows))
+    atomic_text(out_dir / "growth_truth.csv", _csv_text(keys, rows))
     by_id = {p["patient_id"]: p for p in patients}
     with open(summary.manifest_csv, newline="", encoding="utf-8") as fh:
         base_rows = list(csv.DictReader(fh))
@@ -401,7 +399,7 @@ def _write_growth(
         p = by_id[row["case_id"]]
         row.update(time_years=p["time_years"], event=p["event"], skull_base=p["skull_base"])
     manifest = out_dir / "growth_manifest.csv"
-    _atomic_text(manifest, _csv_text(columns, base_rows))
+    atomic_text(manifest, _csv_text(columns, base_rows))
     time = np.array([p["time_years"] for p in patients])
     event = np.array([p["event"] for p in patients], dtype=bool)
     cal = calibration(model, seed=seed)
@@ -422,7 +420,7 @@ def _write_growth(
         "followup_studies_written": written,
         "growth_manifest": manifest.name,
     }
-    _atomic_text(summary.cohort_json, json.dumps(info, indent=1, sort_keys=True) + "\n")
+    atomic_text(summary.cohort_json, json.dumps(info, indent=1, sort_keys=True) + "\n")
     return LongitudinalSummary(
         cohort=summary,
         patients=len(patients),

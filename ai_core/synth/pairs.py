@@ -26,6 +26,7 @@ import numpy as np
 
 from ai_core.synth.anatomy import SynthError
 from ai_core.synth.longitudinal import DAYS_PER_YEAR, Visit, followup_plan, restamp_identity
+from ai_core.synth.output import atomic_text, check_args, progress_bar, write_mask, write_summary
 from ai_core.synth.plan import (
     STREAM_SEGBENCH,
     CasePlan,
@@ -128,21 +129,19 @@ def generate_pairs(
     progress: bool = True,
 ) -> PairsSummary:
     """Write ``pairs`` baseline/follow-up study pairs into ``out_dir`` (new or empty)."""
-    from ai_core.synth import cohort as base_cohort
-    from ai_core.synth.cohort import _atomic_text
     from ai_core.synth.longitudinal import _csv_text
     from ai_core.synth.render import render_case
 
     out_dir = Path(out_dir)
     _check_pair_args(pairs, volume_range, change_range, p_other_vendor)
-    base_cohort._check_args(out_dir, pairs, seed, profile, size)
+    check_args(out_dir, pairs, seed, profile, size)
     options = CohortOptions(
         heads=tuple(heads), volume_range=(volume_range[0], volume_range[1]), t1c_only=t1c_only
     )
     site = profile if isinstance(profile, SiteProfile) else PROFILES[profile]
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     log.info("writing %d synthetic study pairs (seed %d, size %s)", pairs, seed, size)
-    bar = base_cohort._progress(2 * pairs, progress)
+    bar = progress_bar(2 * pairs, progress)
     records: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     try:
@@ -154,7 +153,7 @@ def generate_pairs(
             done = []
             for plan in (base, fu):
                 rendered = render_case(plan, out_dir)
-                base_cohort._write_mask(out_dir / "masks" / f"{plan.case_id}.nii.gz", rendered)
+                write_mask(out_dir / "masks" / f"{plan.case_id}.nii.gz", rendered)
                 rendered.record["mask_file"] = f"masks/{plan.case_id}.nii.gz"
                 records.append(rendered.record)
                 done.append(rendered)
@@ -185,7 +184,7 @@ def generate_pairs(
             "pairs_csv": "pairs.csv",
         }
     }
-    summary = base_cohort._write_summary(out_dir, records, seed, site, size, options, extra)
+    summary = write_summary(out_dir, records, seed, site, size, options, extra)
     pairs_csv = out_dir / "pairs.csv"
-    _atomic_text(pairs_csv, _csv_text(list(PAIRS_COLUMNS), rows))
+    atomic_text(pairs_csv, _csv_text(list(PAIRS_COLUMNS), rows))
     return PairsSummary(cohort=summary, pairs=pairs, pairs_csv=pairs_csv)

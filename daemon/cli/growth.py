@@ -17,7 +17,8 @@ from daemon.cli.common import add_workers_option, positive_int, setup_logging
 def cmd_growth_analysis(args: argparse.Namespace) -> int:
 
     setup_logging("DEBUG" if args.debug else "INFO")
-    from ai_core.evaluation.survival_report import PAPER, run_growth_analysis
+    from ai_core.evaluation.growth_report import run_growth_analysis
+    from ai_core.evaluation.survival_report import PAPER
     from ai_core.model.predict import resolve_device
 
     results, report = run_growth_analysis(

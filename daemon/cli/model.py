@@ -1,7 +1,7 @@
 """``ki67node train`` and ``ki67node evaluate``: the research side of the command line.
 
 Thin wrappers: arguments in, :mod:`ai_core.model.fit` /
-:mod:`ai_core.evaluation.protocol` do the work, a short summary out.
+:mod:`ai_core.evaluation.evaluate` do the work, a short summary out.
 """
 
 from __future__ import annotations
@@ -128,12 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
 
     setup_logging("DEBUG" if args.debug else "INFO")
-    from ai_core.evaluation.protocol import (
-        OUTPUT1,
-        EvaluateSettings,
-        evaluate_manifest,
-        summary_table,
-    )
+    from ai_core.evaluation.evaluate import evaluate_manifest
+    from ai_core.evaluation.protocol import OUTPUT1, EvaluateSettings, summary_table
 
     settings = EvaluateSettings(
         runs=args.runs, bootstrap=args.bootstrap, seed=args.seed, train=_train_settings(args)
