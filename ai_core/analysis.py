@@ -122,16 +122,9 @@ def analyse_series(
         segmentation = _segment(volume, working, backend, received_seg)
     timings["segmentation"] = time.perf_counter() - start
     if not segmentation.ok:
+        none = (None, None, None)
         return ImageAnalysis(
-            "not_assessable",
-            segmentation.reason,
-            volume,
-            working,
-            segmentation,
-            None,
-            None,
-            None,
-            timings,
+            "not_assessable", segmentation.reason, volume, working, segmentation, *none, timings
         )
 
     start = time.perf_counter()
@@ -157,17 +150,8 @@ def analyse_series(
         measurements.side,
         ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
     )
-    return ImageAnalysis(
-        "ok",
-        segmentation.reason,
-        volume,
-        working,
-        segmentation,
-        mask_source,
-        measurements,
-        radiomics,
-        timings,
-    )
+    found = (segmentation, mask_source, measurements, radiomics)
+    return ImageAnalysis("ok", segmentation.reason, volume, working, *found, timings)
 
 
 def _measure(

@@ -34,7 +34,8 @@ from dicom_out.context import (
     OutputError,
     copy_patient_study,
 )
-from dicom_out.render import AxialPlane, RenderedSlice, RenderParams, render_heatmaps
+from dicom_out.planes import AxialPlane, RenderParams
+from dicom_out.render import RenderedSlice, render_heatmaps
 
 log = logging.getLogger(__name__)
 

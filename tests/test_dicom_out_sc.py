@@ -21,14 +21,8 @@ from dicom_out.context import (
     OutputContext,
     OutputError,
 )
-from dicom_out.render import (
-    BOX_RGB,
-    OUTLINE_RGB,
-    RenderedSlice,
-    RenderParams,
-    choose_slices,
-    render_heatmaps,
-)
+from dicom_out.planes import RenderParams, choose_slices
+from dicom_out.render import BOX_RGB, OUTLINE_RGB, RenderedSlice, render_heatmaps
 from dicom_out.sc import build_heatmap_scs, gradcam_box, legend_lines
 from tests.dicom_out_cases import VARIANTS, dciodvfy, make_context
 

@@ -322,8 +322,8 @@ def test_bundled_model_is_described_small_and_loads() -> None:
 
 @pytest.mark.slow
 def test_bundled_model_segments_a_synthetic_case(tmp_path: Path) -> None:
-    from ai_core.segmentation.train import dice as train_dice
-    from ai_core.segmentation.train import load_cohort
+    from ai_core.segmentation.holdout import dice as train_dice
+    from ai_core.segmentation.holdout import load_cohort
     from ai_core.synth import generate_cohort
 
     generate_cohort(tmp_path / "c", cases=1, seed=5, size="small", progress=False)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from ai_core.segmentation import STATUS_NOT_ASSESSABLE, STATUS_OK
+from ai_core.segmentation.holdout import Case, dice, load_case
 from ai_core.segmentation.labelmaps import TRAINING_HEADS
-from ai_core.segmentation.train import Case, dice, load_case
 from ai_core.segmentation.unet import UNetBackend
 from ai_core.synth.anatomy import Label
 

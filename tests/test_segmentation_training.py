@@ -108,16 +108,23 @@ def test_warm_start_keeps_the_old_tumour_probability_exactly(tmp_path: Path) -> 
         before = torch.softmax(old(x), dim=1)[0, 1]
         after = torch.sigmoid(new(x))[0, 0]
     assert float((before - after).abs().max()) < 1e-5
-    with pytest.raises(ValueError, match="not a 0.1 \\(softmax\\) model"):
-        (tmp_path / "model.json").write_text(
-            json.dumps(
-                {
-                    **meta,
-                    "architecture": UNetArchitecture(
-                        channels=(4, 8, 16), strides=(2, 2), activation="sigmoid"
-                    ).to_dict(),
-                    "working_spacing_mm": 2.0,
-                }
-            )
+    # a 0.2 (two-sigmoid) model is fine-tuned as it is: every tensor copied unchanged
+    torch.save(new.state_dict(), tmp_path / "unet.pt")
+    (tmp_path / "model.json").write_text(
+        json.dumps(
+            {
+                **meta,
+                "architecture": UNetArchitecture(
+                    channels=(4, 8, 16), strides=(2, 2), activation="sigmoid"
+                ).to_dict(),
+                "working_spacing_mm": 2.0,
+            }
         )
-        warm_start(new, tmp_path)
+    )
+    again = UNetArchitecture(channels=(4, 8, 16), strides=(2, 2), activation="sigmoid").build()
+    warm_start(again, tmp_path)
+    for key, value in new.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    other = UNetArchitecture(channels=(8, 16, 32), strides=(2, 2), activation="sigmoid").build()
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        warm_start(other, tmp_path)

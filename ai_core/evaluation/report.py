@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from ai_core.disclaimer import DISCLAIMER_SENTENCE
-from ai_core.evaluation.metrics import METRIC_NAMES, Interval
+from ai_core.evaluation.metrics import METRIC_NAMES, Interval, roc_auc, roc_curve_points
+from ai_core.evaluation.plots import plot_metric_intervals, plot_roc
 from ai_core.evaluation.protocol import (
     BAYES,
     CLINICAL,
@@ -47,17 +48,7 @@ def _interval_json(iv: Interval) -> dict[str, float]:
     return {"mean": iv.mean, "low": iv.low, "high": iv.high, "n": iv.n}
 
 
-def write_report(
-    result: EvaluationResult, out_dir: Path, *, manifests: Sequence[Path], bundle: Any
-) -> Path:
-    """Write report.md, results.json and the plots into ``out_dir``; returns report.md."""
-    from ai_core.evaluation.metrics import roc_auc, roc_curve_points
-    from ai_core.evaluation.plots import plot_metric_intervals, plot_roc
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summary_table(result)
-    boot = first_run_bootstrap(result)
-    delong = first_run_delong(result)
+def _header_lines(result: EvaluationResult, manifests: Sequence[Path], bundle: Any) -> list[str]:
     s = result.settings
     lines = [
         "# Ki-67 ≥ 5 % prediction: evaluation report",
@@ -90,40 +81,61 @@ def write_report(
         lines.append(
             f"- Bayes-optimal AUC of the generator (population): {result.bayes_population_auc:.3f}"
         )
-    lines += ["", "Intervals: mean over runs with the 2.5th–97.5th percentiles of the runs."]
+    return [*lines, "", "Intervals: mean over runs with the 2.5th–97.5th percentiles of the runs."]
 
-    plots: dict[str, str] = {}
-    for cohort in result.cohort_sizes:
-        rows = {row: c[cohort] for row, c in summary.items() if cohort in c}
-        lines += ["", f"## {COHORT_LABELS[cohort]} — {s.runs} run(s)", "", *_table(rows)]
-        curves = {}
-        for row in (OUTPUT1, OUTPUT2, CLINICAL, RADIOMICS_ML, BAYES):
-            if cohort in result.first_run.scores.get(row, {}):
-                y, sc, _ = result.first_run.scores[row][cohort]
-                curves[row] = roc_curve_points(y, sc)
-        roc = plot_roc(
-            curves,
-            out_dir / f"roc_{cohort}.png",
-            title=f"ROC, {COHORT_LABELS[cohort]} (run 1)",
-            reference_auc=result.bayes_population_auc,
-        )
-        bars = plot_metric_intervals(
-            {row: m["auc"] for row, m in rows.items()},
-            out_dir / f"auc_{cohort}.png",
-            title=f"AUC over {s.runs} run(s), {COHORT_LABELS[cohort]}",
-        )
-        plots[f"roc_{cohort}"] = roc.name
-        plots[f"auc_{cohort}"] = bars.name
-        lines += ["", f"![ROC {cohort}]({roc.name})", "", f"![AUC {cohort}]({bars.name})"]
-        brows = {row: c[cohort] for row, c in boot.items() if cohort in c}
-        lines += [
-            "",
-            f"### Run 1, bootstrap 95 % CI ({s.bootstrap} resamples)",
-            "",
-            *_table(brows),
-        ]
-    lines += ["", "## DeLong tests (run 1): Output 1 against the others", ""]
-    lines += [
+
+def _cohort_lines(
+    result: EvaluationResult,
+    cohort: str,
+    summary: dict[str, dict[str, Any]],
+    boot: dict[str, dict[str, Any]],
+    out_dir: Path,
+    plots: dict[str, str],
+) -> list[str]:
+    """One cohort's table over runs, its ROC and AUC plots (added to ``plots``), run 1's CIs."""
+    s = result.settings
+    rows = {row: c[cohort] for row, c in summary.items() if cohort in c}
+    lines = ["", f"## {COHORT_LABELS[cohort]} — {s.runs} run(s)", "", *_table(rows)]
+    curves = {}
+    for row in (OUTPUT1, OUTPUT2, CLINICAL, RADIOMICS_ML, BAYES):
+        if cohort in result.first_run.scores.get(row, {}):
+            y, sc, _ = result.first_run.scores[row][cohort]
+            curves[row] = roc_curve_points(y, sc)
+    roc = plot_roc(
+        curves,
+        out_dir / f"roc_{cohort}.png",
+        title=f"ROC, {COHORT_LABELS[cohort]} (run 1)",
+        reference_auc=result.bayes_population_auc,
+    )
+    bars = plot_metric_intervals(
+        {row: m["auc"] for row, m in rows.items()},
+        out_dir / f"auc_{cohort}.png",
+        title=f"AUC over {s.runs} run(s), {COHORT_LABELS[cohort]}",
+    )
+    plots[f"roc_{cohort}"] = roc.name
+    plots[f"auc_{cohort}"] = bars.name
+    brows = {row: c[cohort] for row, c in boot.items() if cohort in c}
+    return [
+        *lines,
+        "",
+        f"![ROC {cohort}]({roc.name})",
+        "",
+        f"![AUC {cohort}]({bars.name})",
+        "",
+        f"### Run 1, bootstrap 95 % CI ({s.bootstrap} resamples)",
+        "",
+        *_table(brows),
+    ]
+
+
+def _comparison_lines(
+    result: EvaluationResult, delong: list[dict[str, Any]], bundle: Any
+) -> list[str]:
+    """DeLong tests of run 1 and the bundle as trained on unseen cases."""
+    lines = [
+        "",
+        "## DeLong tests (run 1): Output 1 against the others",
+        "",
         "| cohort | versus | AUC Output 1 | AUC other | p |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -144,10 +156,20 @@ def write_report(
             lines.append(
                 f"| {name} | {len(y)} | {int(np.sum(y))} | {roc_auc(y, sc):.3f} | {thr:.3f} |"
             )
-    lines += ["", f"_{DISCLAIMER_SENTENCE}_", ""]
-    report = out_dir / "report.md"
-    _atomic(report, "\n".join(lines))
-    payload = {
+    return [*lines, "", f"_{DISCLAIMER_SENTENCE}_", ""]
+
+
+def _payload(
+    result: EvaluationResult,
+    manifests: Sequence[Path],
+    bundle: Any,
+    tables: tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]],
+    plots: dict[str, str],
+) -> dict[str, Any]:
+    """results.json: everything the report shows, as numbers."""
+    summary, boot, delong = tables
+    s = result.settings
+    return {
         "disclaimer": DISCLAIMER_SENTENCE,
         "synthetic_model": bundle.synthetic,
         "model_version": result.model_version,
@@ -188,6 +210,24 @@ def write_report(
         "plots": plots,
         "seconds": result.seconds,
     }
+
+
+def write_report(
+    result: EvaluationResult, out_dir: Path, *, manifests: Sequence[Path], bundle: Any
+) -> Path:
+    """Write report.md, results.json and the plots into ``out_dir``; returns report.md."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summary_table(result)
+    boot = first_run_bootstrap(result)
+    delong = first_run_delong(result)
+    plots: dict[str, str] = {}
+    lines = _header_lines(result, manifests, bundle)
+    for cohort in result.cohort_sizes:
+        lines += _cohort_lines(result, cohort, summary, boot, out_dir, plots)
+    lines += _comparison_lines(result, delong, bundle)
+    report = out_dir / "report.md"
+    _atomic(report, "\n".join(lines))
+    payload = _payload(result, manifests, bundle, (summary, boot, delong), plots)
     _atomic(out_dir / "results.json", json.dumps(payload, indent=1, default=_json_default) + "\n")
     return report
 

@@ -53,7 +53,13 @@ class SynthesisParams:
     def __post_init__(self) -> None:
         if self.crop < 16 or self.crop % 8:
             raise ValueError(f"crop must be a multiple of 8 and >= 16, got {self.crop}")
-        for name in ("p_realistic", "p_tumour_centre", "p_decoy_centre", "p_brain_centre", "p_thick"):
+        for name in (
+            "p_realistic",
+            "p_tumour_centre",
+            "p_decoy_centre",
+            "p_brain_centre",
+            "p_thick",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}")

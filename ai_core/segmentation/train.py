@@ -24,73 +24,24 @@ post-processing is measured and written into ``model.json``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
-import shlex
-import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ai_core.segmentation.base import RESEARCH_ONLY
-from ai_core.segmentation.postprocess import IntensityReference, PostprocessParams
+from ai_core.segmentation.holdout import evaluate, load_cohort
+from ai_core.segmentation.model_card import ARCHITECTURES, WEIGHTS_FILE, describe, write_meta
 from ai_core.segmentation.synthesis import SynthesisParams
-from ai_core.segmentation.unet import (
-    BACKEND_NAME,
-    MODEL_JSON,
-    UNetArchitecture,
-    UNetBackend,
-)
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "unet.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
-MODEL_VERSION = "0.2.0"
-#: ``--arch``: "base" (16-32-64-128, instance norm) or "small" (the 0.1 network's
-#: 8-16-32-64 with batch norm, which ``--init`` can warm-start from a 0.1 model).
-ARCHITECTURES = {
-    "base": UNetArchitecture(
-        channels=(16, 32, 64, 128),
-        strides=(2, 2, 2),
-        num_res_units=1,
-        norm="instance",
-        activation="sigmoid",
-    ),
-    "small": UNetArchitecture(
-        channels=(8, 16, 32, 64),
-        strides=(2, 2, 2),
-        num_res_units=1,
-        norm="batch",
-        activation="sigmoid",
-    ),
-}
-#: Post-processing of the 0.2 models: the most confident intracranial candidate.
-POSTPROCESS = PostprocessParams(
-    threshold=0.5,
-    min_component_ml=0.05,
-    min_lesion_ml=0.1,
-    select="confidence",
-    min_confidence=0.8,
-    confidence_quantile=0.9,
-    min_intracranial=0.5,
-    max_dural_distance_mm=8.0,
-)
-#: Head statistics of preprocessed synthetic T1C studies (40 studies, cohort seed 101,
-#: measured for model 0.1.0); the preprocessing has not changed since.
-INTENSITY_REFERENCE = IntensityReference(
-    mean_mean=124.17456493377685,
-    mean_std=6.667965593906663,
-    std_mean=66.05041217803955,
-    std_std=3.2137810695440834,
-    max_z=8.0,
-)
 
 
 @dataclass(frozen=True)
@@ -117,77 +68,6 @@ class TrainParams:
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
-
-
-@dataclass(frozen=True, eq=False)
-class Case:
-    case_id: str
-    image: np.ndarray  # preprocessed 1 mm [0, 255], source orientation
-    mask: np.ndarray  # uint8 on the same grid
-    spacing: tuple[float, float, float]
-    direction: np.ndarray
-
-
-def load_case(cohort: Path, row: dict[str, str]) -> Case:
-    """One case's preprocessed T1C and its true mask on the same 1 mm grid."""
-    import SimpleITK as sitk
-
-    from ai_core.image import Grid
-    from ai_core.preprocess import preprocess
-    from ai_core.volume import load_series
-
-    case_id = row["case_id"]
-    series_dir = cohort / case_id / row["series_number"]
-    volume = load_series(sorted(series_dir.glob("*.dcm")))
-    pre = preprocess(volume)
-    mask_img = sitk.Cast(
-        sitk.ReadImage(str(cohort / "masks" / f"{case_id}.nii.gz")), sitk.sitkFloat32
-    )
-    ref = pre.grid.blank(sitk.sitkFloat32)
-    on_grid = sitk.Resample(mask_img, ref, sitk.Transform(), sitk.sitkLinear, 0.0)
-    mask = (sitk.GetArrayFromImage(on_grid) >= 0.5).astype(np.uint8)
-    grid: Grid = pre.grid
-    return Case(case_id, pre.image, mask, grid.spacing, np.asarray(grid.direction))
-
-
-def read_rows(cohort: Path) -> list[dict[str, str]]:
-    path = cohort / "ground_truth.csv"
-    if not path.is_file():
-        raise SystemExit(f"{path} not found: is {cohort} a finished `ki67node synth` cohort?")
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def load_cohort(cohort: Path, limit: int = 0) -> Iterator[Case]:
-    rows = read_rows(cohort)
-    for row in rows[:limit] if limit else rows:
-        yield load_case(cohort, row)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    denom = int(a.sum()) + int(b.sum())
-    return 1.0 if denom == 0 else 2.0 * float(np.logical_and(a, b).sum()) / denom
-
-
-def evaluate(model_dir: Path, cases: Sequence[Case], device: str = "auto") -> list[dict[str, Any]]:
-    """Dice of the backend (with post-processing) against the true masks at 1 mm."""
-    backend = UNetBackend(model_dir, device=device)
-    out = []
-    for case in cases:
-        result = backend.segment(case.image, case.spacing, direction=case.direction)
-        voxel_ml = float(np.prod(case.spacing)) / 1000.0
-        out.append(
-            {
-                "case_id": case.case_id,
-                "dice": round(dice(result.mask_zyx, case.mask), 4),
-                "status": result.status,
-                "true_ml": round(float(case.mask.sum()) * voxel_ml, 2),
-                "predicted_ml": round(float(result.mask_zyx.sum()) * voxel_ml, 2),
-            }
-        )
-        log.info("held-out %s: %s", case.case_id, out[-1])
-    return out
 
 
 def _samples(bank: list[Any], seed: int, params: SynthesisParams, start: int) -> Any:
@@ -279,6 +159,44 @@ def _save_checkpoint(path: Path, net: Any, opt: Any, step: int, seconds: float) 
     tmp.replace(path)
 
 
+def _network(params: TrainParams, device: str) -> tuple[Any, Any]:
+    """The network (warm-started or fine-tuned with ``--init``) and its optimiser."""
+    import torch
+
+    net = ARCHITECTURES[params.arch].build()
+    if params.init:
+        warm_start(net, Path(params.init))
+    net = net.to(device)
+    opt = torch.optim.AdamW(
+        net.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
+    )
+    return net, opt
+
+
+def _resume(checkpoint: Path, net: Any, opt: Any, device: str) -> tuple[int, float]:
+    """Load ``checkpoint.pt`` into ``net``/``opt``; returns (step, seconds trained before)."""
+    import torch
+
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    net.load_state_dict(state["net"])
+    opt.load_state_dict(state["opt"])
+    step, previous_s = int(state["step"]), float(state["seconds"])
+    log.info("resumed at step %d (%.0f s of training before)", step, previous_s)
+    return step, previous_s
+
+
+def _progress(step: int, params: TrainParams, losses: list[float], elapsed: float) -> None:
+    rate = len(losses) / max(elapsed, 1e-6)
+    log.info(
+        "step %d/%d loss %.4f (%.2f steps/s, about %.0f min left)",
+        step,
+        params.steps,
+        float(np.mean(losses[-50:])),
+        rate,
+        (params.steps - step) / max(rate, 1e-6) / 60.0,
+    )
+
+
 def train(
     out: Path,
     params: TrainParams,
@@ -304,22 +222,11 @@ def train(
     )
     bank_s = time.perf_counter() - started
     log.info("%d label maps built in %.0f s", len(bank), bank_s)
-    arch = ARCHITECTURES[params.arch]
-    net = arch.build()
-    if params.init:
-        warm_start(net, Path(params.init))
-    net = net.to(device)
-    opt = torch.optim.AdamW(
-        net.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
-    )
+    net, opt = _network(params, device)
     step, previous_s = 0, 0.0
     checkpoint = out / CHECKPOINT_FILE
     if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        step, previous_s = int(state["step"]), float(state["seconds"])
-        log.info("resumed at step %d (%.0f s of training before)", step, previous_s)
+        step, previous_s = _resume(checkpoint, net, opt, device)
     loader: DataLoader[Any] = DataLoader(
         _samples(bank, params.seed, synthesis, step),
         batch_size=params.batch_size,
@@ -327,7 +234,6 @@ def train(
         persistent_workers=params.workers > 0,
     )
     train_start = time.perf_counter()
-    budget_s = params.max_minutes * 60.0 - previous_s
     losses: list[float] = []
     net.train()
     for image, target in loader:
@@ -345,80 +251,18 @@ def train(
         losses.append(float(loss.item()))
         elapsed = time.perf_counter() - train_start
         if step % 50 == 0:
-            rate = len(losses) / max(elapsed, 1e-6)
-            log.info(
-                "step %d/%d loss %.4f (%.2f steps/s, about %.0f min left)",
-                step,
-                params.steps,
-                float(np.mean(losses[-50:])),
-                rate,
-                (params.steps - step) / max(rate, 1e-6) / 60.0,
-            )
+            _progress(step, params, losses, elapsed)
         if step % params.checkpoint_every == 0:
             _save_checkpoint(checkpoint, net, opt, step, previous_s + elapsed)
-        if params.max_minutes and elapsed > budget_s:
+        if params.max_minutes and elapsed > params.max_minutes * 60.0 - previous_s:
             log.warning("time limit of %s min reached at step %d", params.max_minutes, step)
             break
     seconds = previous_s + time.perf_counter() - train_start
     _save_checkpoint(checkpoint, net, opt, step, seconds)
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    torch.save(state, out / WEIGHTS_FILE)
-    meta = _describe(params, synthesis, step, seconds, bank_s, device, losses)
-    _write_meta(out, meta)
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, out / WEIGHTS_FILE)
+    meta = describe(params, synthesis, step, seconds, bank_s, device, losses)
+    write_meta(out, meta)
     return meta
-
-
-def _describe(
-    params: TrainParams,
-    synthesis: SynthesisParams,
-    step: int,
-    seconds: float,
-    bank_s: float,
-    device: str,
-    losses: list[float],
-) -> dict[str, Any]:
-    import torch
-
-    return {
-        "name": BACKEND_NAME,
-        "version": MODEL_VERSION,
-        "notice": RESEARCH_ONLY,
-        "architecture": ARCHITECTURES[params.arch].to_dict(),
-        "weights": WEIGHTS_FILE,
-        "working_spacing_mm": params.working_mm,
-        "input": (
-            "ai_core.preprocess.preprocess defaults (1 mm, N4, head 0.5-99.5 percentiles to "
-            "[0, 255]); reoriented to the nearest axial LPS; area-resampled to the working "
-            "spacing; multiplied by input_scale"
-        ),
-        "input_scale": 1.0 / 255.0,
-        "inference": {
-            "roi_size": [params.roi or synthesis.crop] * 3,
-            "overlap": 0.25,
-            "blend": "gaussian",
-        },
-        "postprocess": asdict(POSTPROCESS),
-        "intensity_reference": asdict(INTENSITY_REFERENCE),
-        "training": {
-            "command": "python -m ai_core.segmentation.train " + shlex.join(sys.argv[1:]),
-            "data": (
-                "images synthesised on the fly from label maps with a random appearance per "
-                "label (ai_core.segmentation.labelmaps / synthesis); no rendered study"
-            ),
-            "params": asdict(params),
-            "synthesis": asdict(synthesis),
-            "steps_done": step,
-            "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None,
-            "device": device,
-            "torch": torch.__version__,
-            "label_map_seconds": round(bank_s, 1),
-            "seconds": round(seconds, 1),
-        },
-    }
-
-
-def _write_meta(out: Path, meta: dict[str, Any]) -> None:
-    (out / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def _cohort_seed(cohort: Path) -> int | None:
@@ -503,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dice_min": round(float(np.min(dices)), 4),
             "per_case": rows,
         }
-    _write_meta(args.out, meta)
+    write_meta(args.out, meta)
     return 0
 
 
