@@ -18,9 +18,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from ai_core.synth.anatomy import Label, SynthError, head_model, paint_pituitary
+from ai_core.synth.anatomy import Label, SynthError, paint_pituitary
 from ai_core.synth.cohort import generate_cohort
 from ai_core.synth.contrast import HeadLayers, build_labels, label_table
+from ai_core.synth.head_build import head_model
 from ai_core.synth.heads import HeadVariant, head_variant
 from ai_core.synth.plan import CohortOptions, plan_case
 from ai_core.synth.profiles import PROFILES

@@ -134,8 +134,8 @@ def build_label_map(
     ``head`` is one of the generator's distinct heads (:mod:`ai_core.synth.heads`):
     its atrophy, orbital fat and layer tweaks, and its warp pulled back onto the map.
     """
-    from ai_core.synth.anatomy import head_model
     from ai_core.synth.contrast import HeadLayers, build_labels, paint_veins
+    from ai_core.synth.head_build import head_model
     from ai_core.synth.heads import head_variant
 
     model = head_model(WORLD_SPACING_MM)

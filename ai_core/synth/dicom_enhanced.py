@@ -141,23 +141,8 @@ def _dimensions(ds: Dataset, study: StudyInfo, series_uid: str) -> None:
 
 
 def _shared(spec: SeriesSpec, profile: dict[str, object], placed: dict) -> Dataset:
+    """The Shared Functional Groups item: what every frame of the series has in common."""
     grid = spec.grids[0]
-    timing = placed.get("MRTimingAndRelatedParametersSequence", {})
-    modifier = placed.get("MRModifierSequence", {})
-    inversion = profile.get("InversionRecovery", "NO")
-    mod = _item(
-        InversionRecovery=inversion,
-        FlowCompensation="NONE",
-        T2Preparation="NO",
-        SpectrallySelectedExcitation="NONE",
-        SpatialPresaturation="NONE",
-        PartialFourier="NO",
-        ParallelAcquisition="NO",
-    )
-    if inversion == "YES":
-        ti = modifier.get("InversionTimes", profile.get("InversionTime", 1000.0))
-        mod.InversionTimes = [float(ti)]
-    measures = placed.get("PixelMeasuresSequence", {})
     shared = _item(
         PixelMeasuresSequence=Sequence(
             [
@@ -169,42 +154,9 @@ def _shared(spec: SeriesSpec, profile: dict[str, object], placed: dict) -> Datas
             ]
         ),
         PlaneOrientationSequence=Sequence([_item(ImageOrientationPatient=grid.iop)]),
-        MRImageFrameTypeSequence=Sequence(
-            [
-                _item(
-                    FrameType=profile["ImageType"],
-                    PixelPresentation="MONOCHROME",
-                    VolumetricProperties="VOLUME",
-                    VolumeBasedCalculationTechnique="NONE",
-                    ComplexImageComponent="MAGNITUDE",
-                    AcquisitionContrast=profile["AcquisitionContrast"],
-                )
-            ]
-        ),
+        MRImageFrameTypeSequence=Sequence([_frame_type(profile)]),
         MRTimingAndRelatedParametersSequence=Sequence(
-            [
-                _item(
-                    RepetitionTime=timing.get("RepetitionTime", 2300.0),
-                    FlipAngle=timing.get("FlipAngle", 8.0),
-                    EchoTrainLength=1,
-                    RFEchoTrainLength=1,
-                    GradientEchoTrainLength=1,
-                    SpecificAbsorptionRateSequence=Sequence(
-                        [
-                            _item(
-                                SpecificAbsorptionRateDefinition="IEC_WHOLE_BODY",
-                                SpecificAbsorptionRateValue=0.4,
-                            )
-                        ]
-                    ),
-                    OperatingModeSequence=Sequence(
-                        [
-                            _item(OperatingModeType=kind, OperatingMode="IEC_NORMAL")
-                            for kind in ("STATIC FIELD", "RF", "GRADIENT")
-                        ]
-                    ),
-                )
-            ]
+            [_timing(placed.get("MRTimingAndRelatedParametersSequence", {}))]
         ),
         MRFOVGeometrySequence=Sequence(
             [
@@ -225,7 +177,7 @@ def _shared(spec: SeriesSpec, profile: dict[str, object], placed: dict) -> Datas
                 )
             ]
         ),
-        MRModifierSequence=Sequence([mod]),
+        MRModifierSequence=Sequence([_modifier(profile, placed.get("MRModifierSequence", {}))]),
         MRImagingModifierSequence=Sequence(
             [
                 _item(
@@ -237,20 +189,7 @@ def _shared(spec: SeriesSpec, profile: dict[str, object], placed: dict) -> Datas
                 )
             ]
         ),
-        MRReceiveCoilSequence=Sequence(
-            [
-                _item(
-                    ReceiveCoilName="HeadNeck_20",
-                    ReceiveCoilManufacturerName=profile["Manufacturer"],
-                    ReceiveCoilType="MULTICOIL",
-                    QuadratureReceiveCoil="NO",
-                    MultiCoilConfiguration="HeadNeck_20",
-                    MultiCoilDefinitionSequence=Sequence(
-                        [_item(MultiCoilElementName="HE1-4;NE1", MultiCoilElementUsed="YES")]
-                    ),
-                )
-            ]
-        ),
+        MRReceiveCoilSequence=Sequence([_receive_coil(profile)]),
         MRTransmitCoilSequence=Sequence(
             [
                 _item(
@@ -261,28 +200,8 @@ def _shared(spec: SeriesSpec, profile: dict[str, object], placed: dict) -> Datas
             ]
         ),
         MRAveragesSequence=Sequence([_item(NumberOfAverages=1.0)]),
-        PixelValueTransformationSequence=Sequence(
-            [
-                _item(
-                    RescaleIntercept=f"{spec.quant.intercept:.8g}",
-                    RescaleSlope=f"{spec.quant.slope:.8g}",
-                    RescaleType="US",
-                )
-            ]
-        ),
-        FrameAnatomySequence=Sequence(
-            [
-                _item(
-                    AnatomicRegionSequence=Sequence([_code("12738006", "SCT", "Brain")]),
-                    FrameLaterality="U",
-                )
-            ]
-        ),
-        FrameVOILUTSequence=Sequence(
-            [_item(WindowCenter=spec.quant.window()[0], WindowWidth=spec.quant.window()[1])]
-        ),
+        **_pixel_groups(spec),
     )
-    del measures
     if "ContrastBolusAgent" in profile:
         shared.ContrastBolusUsageSequence = Sequence(
             [
@@ -295,6 +214,99 @@ def _shared(spec: SeriesSpec, profile: dict[str, object], placed: dict) -> Datas
             ]
         )
     return shared
+
+
+def _frame_type(profile: dict[str, object]) -> Dataset:
+    return _item(
+        FrameType=profile["ImageType"],
+        PixelPresentation="MONOCHROME",
+        VolumetricProperties="VOLUME",
+        VolumeBasedCalculationTechnique="NONE",
+        ComplexImageComponent="MAGNITUDE",
+        AcquisitionContrast=profile["AcquisitionContrast"],
+    )
+
+
+def _timing(timing: dict) -> Dataset:
+    """MR Timing and Related Parameters, with the IEC normal operating mode and SAR."""
+    return _item(
+        RepetitionTime=timing.get("RepetitionTime", 2300.0),
+        FlipAngle=timing.get("FlipAngle", 8.0),
+        EchoTrainLength=1,
+        RFEchoTrainLength=1,
+        GradientEchoTrainLength=1,
+        SpecificAbsorptionRateSequence=Sequence(
+            [
+                _item(
+                    SpecificAbsorptionRateDefinition="IEC_WHOLE_BODY",
+                    SpecificAbsorptionRateValue=0.4,
+                )
+            ]
+        ),
+        OperatingModeSequence=Sequence(
+            [
+                _item(OperatingModeType=kind, OperatingMode="IEC_NORMAL")
+                for kind in ("STATIC FIELD", "RF", "GRADIENT")
+            ]
+        ),
+    )
+
+
+def _modifier(profile: dict[str, object], modifier: dict) -> Dataset:
+    """MR Modifier: InversionTimes present exactly when InversionRecovery is YES."""
+    inversion = profile.get("InversionRecovery", "NO")
+    mod = _item(
+        InversionRecovery=inversion,
+        FlowCompensation="NONE",
+        T2Preparation="NO",
+        SpectrallySelectedExcitation="NONE",
+        SpatialPresaturation="NONE",
+        PartialFourier="NO",
+        ParallelAcquisition="NO",
+    )
+    if inversion == "YES":
+        ti = modifier.get("InversionTimes", profile.get("InversionTime", 1000.0))
+        mod.InversionTimes = [float(ti)]
+    return mod
+
+
+def _receive_coil(profile: dict[str, object]) -> Dataset:
+    return _item(
+        ReceiveCoilName="HeadNeck_20",
+        ReceiveCoilManufacturerName=profile["Manufacturer"],
+        ReceiveCoilType="MULTICOIL",
+        QuadratureReceiveCoil="NO",
+        MultiCoilConfiguration="HeadNeck_20",
+        MultiCoilDefinitionSequence=Sequence(
+            [_item(MultiCoilElementName="HE1-4;NE1", MultiCoilElementUsed="YES")]
+        ),
+    )
+
+
+def _pixel_groups(spec: SeriesSpec) -> dict[str, Sequence]:
+    """Rescale, anatomy and window of the stored values, the same for every frame."""
+    return {
+        "PixelValueTransformationSequence": Sequence(
+            [
+                _item(
+                    RescaleIntercept=f"{spec.quant.intercept:.8g}",
+                    RescaleSlope=f"{spec.quant.slope:.8g}",
+                    RescaleType="US",
+                )
+            ]
+        ),
+        "FrameAnatomySequence": Sequence(
+            [
+                _item(
+                    AnatomicRegionSequence=Sequence([_code("12738006", "SCT", "Brain")]),
+                    FrameLaterality="U",
+                )
+            ]
+        ),
+        "FrameVOILUTSequence": Sequence(
+            [_item(WindowCenter=spec.quant.window()[0], WindowWidth=spec.quant.window()[1])]
+        ),
+    }
 
 
 def _contrast(ds: Dataset, agent: str) -> None:

@@ -60,7 +60,7 @@ FACE_CENTRE_RAS = np.array([0.0, 48.0, -52.0])  # orbits, nose, maxillary sinuse
 FACE_SIGMA_MM = 22.0
 MARROW_T1C = 0.72  # contrast.py's values, the base of the t1c factors
 MUCOSA_T1C = 0.95
-ORBIT_FAT_CENTRE = (30.0, 46.0, -40.0)  # per side (x mirrored), as anatomy.py paints it
+ORBIT_FAT_CENTRE = (30.0, 46.0, -40.0)  # per side (x mirrored), as head_build.py paints it
 ORBIT_FAT_RADII = (16.0, 24.0, 15.0)
 
 

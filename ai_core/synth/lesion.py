@@ -104,66 +104,21 @@ def build_lesion(
     tumour = geo.mask
     lab_box = lab[box]
     t1_box = t1[box]
+    d_hull = model.d_hull[box]
     dist_out = ndi.distance_transform_edt(~tumour, sampling=h).astype(np.float32)
     dist_in = ndi.distance_transform_edt(tumour, sampling=h).astype(np.float32)
-    inside_dura = model.d_hull[box] < csf_mm
-
-    # Interface: a CSF cleft, or brain directly against the tumour.
-    rim = (dist_out > 0) & inside_dura & ((lab_box == Label.BRAIN) | (lab_box == Label.CSF))
-    if spec.csf_cleft:
-        cleft = rim & (dist_out <= max(spec.cleft_mm, 0.75 * h))
-        lab_box[cleft] = Label.CSF
-    else:
-        touching = rim & (dist_out <= 2.6) & (lab_box == Label.CSF) & (model.d_hull[box] < 0)
-        lab_box[touching] = Label.BRAIN
-        t1_box[touching] = TEMPLATE_GM
-
-    # Edema: brain voxels ranked by distance to the tumour, white matter first.
+    _interface(spec, lab_box, t1_box, dist_out, d_hull < csf_mm, d_hull, h)
     wm = np.clip((t1_box - TEMPLATE_GM) / (TEMPLATE_WM - TEMPLATE_GM), 0, 1)
-    cand = (lab_box == Label.BRAIN) & (t1_box > 100) & ~tumour
-    noise = unit_noise(tumour.shape, 3.0 / h, rng)
-    score = dist_out * (0.45 + 0.55 * (1 - wm)) + 2.2 * noise
-    n_edema = int(round(spec.edema_mm3 / h**3))
-    edema = np.zeros(tumour.shape, dtype=bool)
-    vals = score[cand]
-    if n_edema > 0 and vals.size:
-        n_edema = min(n_edema, vals.size)
-        thr = np.partition(vals, n_edema - 1)[n_edema - 1]
-        edema = cand & (score <= thr)
-        near = dist_out <= spec.cleft_mm + 2.0 * h
-        lab_n, n = ndi.label(edema | near)
-        if n > 1:  # keep only edema connected to the tumour
-            keep = np.unique(lab_n[tumour])
-            edema &= np.isin(lab_n, keep[keep > 0])
-
-    # Dural tail: thickened enhancing dura tapering away from the base.
+    edema = _edema(spec, tumour, lab_box, t1_box, wm, dist_out, h, rng)
     tail = np.zeros(tumour.shape, dtype=bool)
     if spec.dural_tail:
-        thick = 1.6 * np.clip(1 - dist_out / max(spec.tail_mm, 1.0), 0, 1) + 0.3 * h
-        near_dura = np.abs(model.d_hull[box] - csf_mm) <= thick
-        base = model.d_hull[box] > csf_mm - 6
-        tail = near_dura & base & ~tumour & (dist_out < spec.tail_mm) & (lab_box != Label.BRAIN)
-
-    # Necrotic core: the deepest part of the tumour, irregular.
+        tail = _dural_tail(spec, tumour, lab_box, d_hull, dist_out, csf_mm, h)
     necrosis = np.zeros(tumour.shape, dtype=bool)
     if spec.necrosis:
-        deep = dist_in > max(2.0, 1.5 * h)
-        if not deep.any():
-            deep = dist_in >= dist_in.max()
-        centre = np.unravel_index(int(np.argmax(dist_in)), dist_in.shape)
-        grid = np.indices(tumour.shape, dtype=np.float32)
-        ax = rng.uniform(0.7, 1.3, 3)
-        d2 = sum(((grid[i] - centre[i]) * h / ax[i]) ** 2 for i in range(3))
-        nscore = np.sqrt(d2) + 2.0 * unit_noise(tumour.shape, 1.5 / h, rng)
-        n_nec = max(int(round(spec.necrosis_fraction * geo.voxels)), 1)
-        nv = nscore[deep]
-        n_nec = min(n_nec, nv.size)
-        thr = np.partition(nv, n_nec - 1)[n_nec - 1]
-        necrosis = deep & (nscore <= thr)
-
+        necrosis = _necrosis(spec, geo, dist_in, h, rng)
     capsule = np.zeros(tumour.shape, dtype=bool)
     if spec.capsule:
-        capsule = tumour & (dist_in <= max(1.5, h)) & (model.d_hull[box] < csf_mm - 1.0)
+        capsule = tumour & (dist_in <= max(1.5, h)) & (d_hull < csf_mm - 1.0)
 
     lab[box] = lab_box
     t1[box] = t1_box
@@ -181,6 +136,91 @@ def build_lesion(
         edema_voxels=int(edema.sum()),
         necrosis_voxels=int(necrosis.sum()),
     )
+
+
+def _interface(
+    spec: LesionSpec,
+    lab_box: np.ndarray,
+    t1_box: np.ndarray,
+    dist_out: np.ndarray,
+    inside_dura: np.ndarray,
+    d_hull: np.ndarray,
+    h: float,
+) -> None:
+    """A CSF cleft around the tumour, or brain directly against it (in place)."""
+    rim = (dist_out > 0) & inside_dura & ((lab_box == Label.BRAIN) | (lab_box == Label.CSF))
+    if spec.csf_cleft:
+        cleft = rim & (dist_out <= max(spec.cleft_mm, 0.75 * h))
+        lab_box[cleft] = Label.CSF
+    else:
+        touching = rim & (dist_out <= 2.6) & (lab_box == Label.CSF) & (d_hull < 0)
+        lab_box[touching] = Label.BRAIN
+        t1_box[touching] = TEMPLATE_GM
+
+
+def _edema(
+    spec: LesionSpec,
+    tumour: np.ndarray,
+    lab_box: np.ndarray,
+    t1_box: np.ndarray,
+    wm: np.ndarray,
+    dist_out: np.ndarray,
+    h: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Brain voxels ranked by distance to the tumour, white matter first, connected to it."""
+    cand = (lab_box == Label.BRAIN) & (t1_box > 100) & ~tumour
+    noise = unit_noise(tumour.shape, 3.0 / h, rng)
+    score = dist_out * (0.45 + 0.55 * (1 - wm)) + 2.2 * noise
+    n_edema = int(round(spec.edema_mm3 / h**3))
+    edema = np.zeros(tumour.shape, dtype=bool)
+    vals = score[cand]
+    if n_edema > 0 and vals.size:
+        n_edema = min(n_edema, vals.size)
+        thr = np.partition(vals, n_edema - 1)[n_edema - 1]
+        edema = cand & (score <= thr)
+        near = dist_out <= spec.cleft_mm + 2.0 * h
+        lab_n, n = ndi.label(edema | near)
+        if n > 1:  # keep only edema connected to the tumour
+            keep = np.unique(lab_n[tumour])
+            edema &= np.isin(lab_n, keep[keep > 0])
+    return edema
+
+
+def _dural_tail(
+    spec: LesionSpec,
+    tumour: np.ndarray,
+    lab_box: np.ndarray,
+    d_hull: np.ndarray,
+    dist_out: np.ndarray,
+    csf_mm: float,
+    h: float,
+) -> np.ndarray:
+    """Thickened enhancing dura tapering away from the tumour's base."""
+    thick = 1.6 * np.clip(1 - dist_out / max(spec.tail_mm, 1.0), 0, 1) + 0.3 * h
+    near_dura = np.abs(d_hull - csf_mm) <= thick
+    base = d_hull > csf_mm - 6
+    return near_dura & base & ~tumour & (dist_out < spec.tail_mm) & (lab_box != Label.BRAIN)
+
+
+def _necrosis(
+    spec: LesionSpec, geo: TumourGeometry, dist_in: np.ndarray, h: float, rng: np.random.Generator
+) -> np.ndarray:
+    """The deepest part of the tumour, irregular, with the drawn share of its volume."""
+    tumour = geo.mask
+    deep = dist_in > max(2.0, 1.5 * h)
+    if not deep.any():
+        deep = dist_in >= dist_in.max()
+    centre = np.unravel_index(int(np.argmax(dist_in)), dist_in.shape)
+    grid = np.indices(tumour.shape, dtype=np.float32)
+    ax = rng.uniform(0.7, 1.3, 3)
+    d2 = sum(((grid[i] - centre[i]) * h / ax[i]) ** 2 for i in range(3))
+    nscore = np.sqrt(d2) + 2.0 * unit_noise(tumour.shape, 1.5 / h, rng)
+    n_nec = max(int(round(spec.necrosis_fraction * geo.voxels)), 1)
+    nv = nscore[deep]
+    n_nec = min(n_nec, nv.size)
+    thr = np.partition(nv, n_nec - 1)[n_nec - 1]
+    return deep & (nscore <= thr)
 
 
 def composite(

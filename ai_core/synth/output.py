@@ -128,6 +128,16 @@ def atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """CSV of ``rows`` (only ``columns``), booleans written as 1/0, ``\\n`` line ends."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("1" if v is True else "0" if v is False else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
 def write_summary(
     out_dir: Path,
     records: list[dict[str, Any]],
@@ -137,32 +147,14 @@ def write_summary(
     options: CohortOptions | None = None,
     extra: dict[str, Any] | None = None,
 ) -> CohortSummary:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in records:
-        writer.writerow({k: _csv_value(r[k]) for k in CSV_COLUMNS})
-    csv_path = out_dir / "ground_truth.csv"
-    json_path = out_dir / "ground_truth.json"
-    atomic_text(csv_path, buf.getvalue())
-    atomic_text(json_path, json.dumps(records, indent=1, sort_keys=True) + "\n")
+    """Write the ground truth, ``cohort.json`` and the manifest of a written cohort."""
+    csv_path, json_path = _write_ground_truth(out_dir, records)
     labels = np.array([r["ki67_high"] for r in records], dtype=bool)
     probs = np.array([r["bayes_probability"] for r in records], dtype=float)
     cohort_auc = auc(probs, labels)
     population_auc = population_bayes_auc(
         site.label_model, asymptomatic_fraction=site.asymptomatic_fraction, seed=seed
     )
-    count = {
-        "cases": len(records),
-        "ki67_high": int(labels.sum()),
-        "necrosis": sum(bool(r["necrosis"]) for r in records),
-        "by_location": _counts(records, "location"),
-        "by_vendor": _counts(records, "vendor"),
-        "by_orientation": _counts(records, "orientation"),
-        "by_subgroup": _counts(records, "subgroup"),
-        "enhanced": sum(bool(r["enhanced"]) for r in records),
-        "compressed": sum(r["transfer_syntax"] != "explicit" for r in records),
-    }
     cohort = {
         "generator": "ki67node synth",
         "generator_version": GENERATOR_VERSION,
@@ -172,23 +164,14 @@ def write_summary(
         "profile": site.name,
         "size": size,
         "asymptomatic_fraction": site.asymptomatic_fraction,
-        "counts": count,
+        "counts": _cohort_counts(records, labels),
         "ki67_high_rate": round(float(labels.mean()), 4),
         "bayes_auc_cohort": _round(cohort_auc),
         "bayes_auc_population": _round(population_auc),
         "label_model": _label_model_json(site.label_model),
     }
     if options is not None and not options.is_default:  # default cohorts: file as before
-        cohort["segmentation_benchmark"] = {
-            "heads": list(options.heads),
-            "volume_range_cm3": None
-            if options.volume_range is None
-            else list(options.volume_range),
-            "tumour_free_fraction": options.tumour_free_fraction,
-            "t1c_only": options.t1c_only,
-            "tumour_free_cases": sum(not r["has_tumour"] for r in records),
-            "by_head": _counts(records, "head"),
-        }
+        cohort["segmentation_benchmark"] = _benchmark_json(options, records)
     cohort.update(extra or {})
     cohort_path = out_dir / "cohort.json"
     atomic_text(cohort_path, json.dumps(cohort, indent=1, sort_keys=True) + "\n")
@@ -216,6 +199,46 @@ def write_summary(
         cohort_json=cohort_path,
         manifest_csv=manifest,
     )
+
+
+def _write_ground_truth(out_dir: Path, records: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """``ground_truth.csv`` (the :data:`CSV_COLUMNS`) and ``ground_truth.json`` (everything)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: _csv_value(r[k]) for k in CSV_COLUMNS})
+    csv_path = out_dir / "ground_truth.csv"
+    json_path = out_dir / "ground_truth.json"
+    atomic_text(csv_path, buf.getvalue())
+    atomic_text(json_path, json.dumps(records, indent=1, sort_keys=True) + "\n")
+    return csv_path, json_path
+
+
+def _cohort_counts(records: list[dict[str, Any]], labels: np.ndarray) -> dict[str, Any]:
+    return {
+        "cases": len(records),
+        "ki67_high": int(labels.sum()),
+        "necrosis": sum(bool(r["necrosis"]) for r in records),
+        "by_location": _counts(records, "location"),
+        "by_vendor": _counts(records, "vendor"),
+        "by_orientation": _counts(records, "orientation"),
+        "by_subgroup": _counts(records, "subgroup"),
+        "enhanced": sum(bool(r["enhanced"]) for r in records),
+        "compressed": sum(r["transfer_syntax"] != "explicit" for r in records),
+    }
+
+
+def _benchmark_json(options: CohortOptions, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The segmentation-benchmark options of a non-default cohort, with what they gave."""
+    return {
+        "heads": list(options.heads),
+        "volume_range_cm3": None if options.volume_range is None else list(options.volume_range),
+        "tumour_free_fraction": options.tumour_free_fraction,
+        "t1c_only": options.t1c_only,
+        "tumour_free_cases": sum(not r["has_tumour"] for r in records),
+        "by_head": _counts(records, "head"),
+    }
 
 
 def _round(v: float) -> float | None:

@@ -25,8 +25,16 @@ from typing import Any
 import numpy as np
 
 from ai_core.synth.anatomy import SynthError
-from ai_core.synth.longitudinal import DAYS_PER_YEAR, Visit, followup_plan, restamp_identity
-from ai_core.synth.output import atomic_text, check_args, progress_bar, write_mask, write_summary
+from ai_core.synth.growth import DAYS_PER_YEAR, Visit
+from ai_core.synth.longitudinal import followup_plan, restamp_identity
+from ai_core.synth.output import (
+    atomic_text,
+    check_args,
+    csv_text,
+    progress_bar,
+    write_mask,
+    write_summary,
+)
 from ai_core.synth.plan import (
     STREAM_SEGBENCH,
     CasePlan,
@@ -129,7 +137,6 @@ def generate_pairs(
     progress: bool = True,
 ) -> PairsSummary:
     """Write ``pairs`` baseline/follow-up study pairs into ``out_dir`` (new or empty)."""
-    from ai_core.synth.longitudinal import _csv_text
     from ai_core.synth.render import render_case
 
     out_dir = Path(out_dir)
@@ -186,5 +193,5 @@ def generate_pairs(
     }
     summary = write_summary(out_dir, records, seed, site, size, options, extra)
     pairs_csv = out_dir / "pairs.csv"
-    atomic_text(pairs_csv, _csv_text(list(PAIRS_COLUMNS), rows))
+    atomic_text(pairs_csv, csv_text(list(PAIRS_COLUMNS), rows))
     return PairsSummary(cohort=summary, pairs=pairs, pairs_csv=pairs_csv)

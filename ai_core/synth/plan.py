@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -168,10 +169,41 @@ def plan_case(
     ``STREAM_SEGBENCH``), so without them every case is exactly as before.
     """
     opts = options or CohortOptions()
-    spec = SIZES[size]
     clin = stream(seed, index, STREAM_CLINICAL)
     subgroup = "asymptomatic" if clin.random() < site.asymptomatic_fraction else "surgical"
     feats = draw_features(clin, site.label_model, subgroup)
+    head, has_tumour, feats = _draw_options(seed, index, opts, feats)
+    age, sex, study_date, study_time = _draw_patient(clin, site)
+    layers, vein_fraction, pose = _draw_anatomy(stream(seed, index, STREAM_ANATOMY), head)
+    shape, lesion = _draw_tumour(stream(seed, index, STREAM_TUMOUR), feats, pose, site)
+    acquisition = _draw_acquisition(stream(seed, index, STREAM_ACQUISITION), site, size, opts)
+    return CasePlan(
+        seed=seed,
+        index=index,
+        case_id=f"CASE{index + 1:04d}",
+        profile=site.name,
+        institution=site.institution,
+        size=size,
+        features=feats,
+        age=age,
+        sex=sex,
+        study_date=study_date,
+        study_time=study_time,
+        layers=layers,
+        vein_fraction=vein_fraction,
+        pose=pose,
+        shape=shape,
+        lesion=lesion,
+        **acquisition,
+        head=head,
+        has_tumour=has_tumour,
+    )
+
+
+def _draw_options(
+    seed: int, index: int, opts: CohortOptions, feats: Features
+) -> tuple[int, bool, Features]:
+    """Head index, tumour or not, and benchmark volume/location (own streams)."""
     head = 0
     if opts.heads != (0,):
         head = opts.heads[int(stream(seed, index, STREAM_HEAD).integers(len(opts.heads)))]
@@ -184,13 +216,21 @@ def plan_case(
             volume = float(math.exp(bench.uniform(math.log(lo), math.log(hi))))
             location = LOCATIONS[int(bench.integers(len(LOCATIONS)))]
             feats = replace(feats, volume_cm3=volume, location=location)
+    return head, has_tumour, feats
+
+
+def _draw_patient(clin: np.random.Generator, site: SiteProfile) -> tuple[int, str, str, str]:
+    """Age, sex, study date (YYYYMMDD) and study time (HHMMSS), after the features."""
     age = int(np.clip(round(clin.normal(57, 12)), 22, 88))
     sex = "F" if clin.random() < 0.72 else "M"
     y, m, d = site.first_study_date
     date = dt.date(y, m, d) + dt.timedelta(days=int(clin.integers(0, 4 * 365)))
     study_time = f"{int(clin.integers(7, 19)):02d}{int(clin.integers(0, 60)):02d}{int(clin.integers(0, 60)):02d}"
+    return age, sex, date.strftime("%Y%m%d"), study_time
 
-    anat = stream(seed, index, STREAM_ANATOMY)
+
+def _draw_anatomy(anat: np.random.Generator, head: int) -> tuple[HeadLayers, float, Pose]:
+    """Tissue layers, vein density and head pose, folded into a distinct head's."""
     layers = HeadLayers.draw(anat)
     vein_fraction = float(anat.uniform(0.4, 0.9))
     pose = Pose.draw(anat)
@@ -198,8 +238,13 @@ def plan_case(
         variant = head_variant(head)
         pose = variant.fold_pose(pose)  # before the tumour: its patient volume stays as drawn
         layers = variant.adjust_layers(layers)
+    return layers, vein_fraction, pose
 
-    tum = stream(seed, index, STREAM_TUMOUR)
+
+def _draw_tumour(
+    tum: np.random.Generator, feats: Features, pose: Pose, site: SiteProfile
+) -> tuple[TumourShape, LesionSpec]:
+    """The tumour's shape in the world and the look of it and its surroundings."""
     side = "right" if tum.random() < 0.5 else "left"
     falx = feats.location == "falx"
     volume_world = feats.volume_cm3 * 1000.0 / pose.volume_scale
@@ -235,8 +280,14 @@ def plan_case(
         enhancement=float(tum.uniform(0.95, 1.15)) * site.enhancement_factor,
         mass_effect=float(tum.uniform(0.55, 0.95)),
     )
+    return shape, lesion
 
-    acq = stream(seed, index, STREAM_ACQUISITION)
+
+def _draw_acquisition(
+    acq: np.random.Generator, site: SiteProfile, size: str, opts: CohortOptions
+) -> dict[str, Any]:
+    """The :class:`CasePlan` fields of the scanner, the T1C and the distractor series."""
+    spec = SIZES[size]
     vendor = _pick(acq, site.vendors)
     orientation = "sag" if acq.random() < site.p_sagittal else "axial"
     pixel, matrix = spec.t1c_choices[int(acq.integers(len(spec.t1c_choices)))]
@@ -256,43 +307,25 @@ def plan_case(
     evidence = None if acq.random() < 0.85 else str(acq.choice(["agent", "description"]))
     if opts.t1c_only:
         distractors = []
-    return CasePlan(
-        seed=seed,
-        index=index,
-        case_id=f"CASE{index + 1:04d}",
-        profile=site.name,
-        institution=site.institution,
-        size=size,
-        features=feats,
-        age=age,
-        sex=sex,
-        study_date=date.strftime("%Y%m%d"),
-        study_time=study_time,
-        layers=layers,
-        vein_fraction=vein_fraction,
-        pose=pose,
-        shape=shape,
-        lesion=lesion,
-        vendor=vendor,
-        orientation=orientation,
-        oblique=bool(acq.random() < site.p_oblique),
-        reverse=bool(acq.random() < site.p_reverse),
-        enhanced=enhanced,
-        transfer_syntax=syntax,
-        rescale=rescale,
-        quant=quant,
-        t1c_pixel=pixel,
-        t1c_matrix=matrix,
-        t1c_thickness=thickness,
-        t1c_slices=slices,
-        noise=float(acq.uniform(*site.noise)),
-        bias=float(acq.uniform(*site.bias)),
-        description_variant=int(acq.integers(0, 4)),
-        contrast_evidence=evidence,
-        distractors=tuple(distractors),
-        head=head,
-        has_tumour=has_tumour,
-    )
+    return {
+        "vendor": vendor,
+        "orientation": orientation,
+        "oblique": bool(acq.random() < site.p_oblique),
+        "reverse": bool(acq.random() < site.p_reverse),
+        "enhanced": enhanced,
+        "transfer_syntax": syntax,
+        "rescale": rescale,
+        "quant": quant,
+        "t1c_pixel": pixel,
+        "t1c_matrix": matrix,
+        "t1c_thickness": thickness,
+        "t1c_slices": slices,
+        "noise": float(acq.uniform(*site.noise)),
+        "bias": float(acq.uniform(*site.bias)),
+        "description_variant": int(acq.integers(0, 4)),
+        "contrast_evidence": evidence,
+        "distractors": tuple(distractors),
+    }
 
 
 def _quantisation(

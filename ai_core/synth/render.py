@@ -1,9 +1,13 @@
-"""Render one planned case: world volumes per contrast, every series, the mask."""
+"""Render one planned case: world volumes per contrast, every series, the mask.
+
+Which series a study has and where their slices lie is
+:mod:`ai_core.synth.series_layout`; this module fills them with pixels and
+writes them.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,58 +18,36 @@ from ai_core.synth.acquisition import (
     Grid,
     add_rician_noise,
     apply_bias_field,
-    plan_grid,
     point_spread,
     sample,
 )
-from ai_core.synth.anatomy import HeadModel, head_model, paint_pituitary
+from ai_core.synth.anatomy import HeadModel, paint_pituitary
 from ai_core.synth.contrast import brain_curve, build_labels, compose, label_table, paint_veins
 from ai_core.synth.dicom_enhanced import build_enhanced
 from ai_core.synth.dicom_files import write_classic, write_single
 from ai_core.synth.dicom_writer import SeriesSpec, StudyInfo, build_classic, synth_uid
+from ai_core.synth.head_build import head_model
 from ai_core.synth.heads import HeadVariant, head_variant
-from ai_core.synth.lesion import apply_mass_effect, build_lesion, composite
+from ai_core.synth.lesion import LesionMaps, apply_mass_effect, build_lesion, composite
 from ai_core.synth.plan import SIZES, STREAM_ANATOMY, STREAM_NOISE, STREAM_TUMOUR, CasePlan, stream
+from ai_core.synth.series_layout import (
+    ACQUISITION_ORDER,
+    CONTRAST_OF,
+    head_points,
+    orientation_name,
+    series_grids,
+    series_number,
+)
 from ai_core.synth.truth import (
     centroid_patient,
     mask_on_grid,
     max_diameter_mm,
     tumour_volume_cm3,
 )
-from ai_core.synth.tumour import place_tumour
+from ai_core.synth.tumour import TumourGeometry, place_tumour
 
 log = logging.getLogger(__name__)
 
-CONTRAST_OF = {
-    "t1c_mprage": "t1c",
-    "t1_mprage_pre": "t1",
-    "t2_tse": "t2",
-    "flair_2d": "flair",
-    "flair_3d": "flair",
-    "dwi": "dwi",
-    "localizer": "localizer",
-    "mpr_derived": "t1c",
-    "t1c_thick_2d": "t1c",
-}
-ACQUISITION_ORDER = (
-    "localizer",
-    "t2_tse",
-    "flair_2d",
-    "flair_3d",
-    "dwi",
-    "t1_mprage_pre",
-    "t1c_mprage",
-    "t1c_thick_2d",
-    "mpr_derived",
-)
-# kind -> orientation, pixel mm, matrix, thickness mm, step mm, slices (full size)
-DISTRACTOR_GEOMETRY: dict[str, tuple[str, float, int, float, float, int]] = {
-    "t2_tse": ("axial", 0.9, 256, 5.0, 6.0, 24),
-    "flair_2d": ("axial", 0.9, 256, 5.0, 6.5, 22),
-    "flair_3d": ("sag", 1.2, 200, 1.5, 1.5, 112),
-    "dwi": ("axial", 1.8, 128, 5.0, 6.5, 22),
-    "t1c_thick_2d": ("axial", 0.9, 256, 5.0, 6.0, 24),
-}
 NOISE_FACTOR = {"dwi": 2.5, "localizer": 2.0, "t2_tse": 1.2, "flair_2d": 1.3, "flair_3d": 1.5}
 
 
@@ -79,99 +61,23 @@ class RenderedCase:
     volume_cm3: float = 0.0  # exact true tumour volume (the record holds it rounded)
 
 
-def _series_number(vendor: str, position: int) -> int:
-    return 100 * position + 1 if vendor == "philips" else position
-
-
-def _grids(plan: CasePlan, kind: str, model: HeadModel, head_pts: np.ndarray) -> tuple[Grid, ...]:
-    """The slice geometry of one series of the case (several grids for a localizer)."""
-    s = SIZES[plan.size].distractor_scale
-    rng = stream(plan.seed, plan.index, STREAM_NOISE, 1000 + ACQUISITION_ORDER.index(kind))
-
-    def place(
-        orient: str,
-        matrix: int,
-        slices: int,
-        pixel: float,
-        thick: float,
-        step: float,
-        *,
-        reverse: bool = False,
-        oblique: bool = plan.oblique,
-        cover_top: bool = True,
-    ) -> Grid:
-        return plan_grid(
-            orient,
-            rows=matrix,
-            cols=matrix,
-            slices=slices,
-            pixel=pixel,
-            thickness=thick,
-            step=step,
-            pose=plan.pose,
-            head_pts=head_pts,
-            rng=rng,
-            oblique=oblique,
-            reverse=reverse,
-            cover_top=cover_top,
-        )
-
-    if kind == "t1c_mprage":
-        t = plan.t1c_thickness
-        return (
-            place(
-                plan.orientation,
-                plan.t1c_matrix,
-                plan.t1c_slices,
-                plan.t1c_pixel,
-                t,
-                t,
-                reverse=plan.reverse,
-            ),
-        )
-    if kind == "t1_mprage_pre":  # cheaper than the T1C: 2 mm slices, >= 1.2 mm pixels
-        thick = 2.0 * s
-        slices = int(round(plan.t1c_slices * plan.t1c_thickness / thick))
-        pixel = max(plan.t1c_pixel, 1.2 * s)
-        matrix = int(round(plan.t1c_matrix * plan.t1c_pixel / pixel / 2)) * 2
-        return (place(plan.orientation, matrix, slices, pixel, thick, thick, reverse=plan.reverse),)
-    if kind == "mpr_derived":  # a thick reformat of the T1C in another plane
-        orient = "axial" if plan.orientation == "sag" else "coronal"
-        thick = 3.0 * s
-        return (place(orient, plan.t1c_matrix, int(165 / thick), plan.t1c_pixel, thick, thick),)
-    if kind == "localizer":  # three planes, three images each, in one series
-        out = []
-        for orient in ("sag", "coronal", "axial"):
-            g = place(orient, int(256 / s), 3, 1.0 * s, 7.0, 30.0, oblique=False, cover_top=False)
-            out += [_single(g, k) for k in range(3)]
-        return tuple(out)
-    orient, pixel, matrix, thick, step, n = DISTRACTOR_GEOMETRY[kind]
-    f = s if kind == "flair_3d" else 1.0
-    return (place(orient, int(matrix / s), int(math.ceil(n / f)), pixel * s, thick * f, step * f),)
-
-
-def _single(g: Grid, k: int) -> Grid:
-    from dataclasses import replace
-
-    return replace(g, slices=1, origin=g.origin + k * g.slice_step * g.step_dir)
-
-
-def head_points(model: HeadModel, warp: HeadVariant | None = None) -> np.ndarray:
-    """About 4000 points on the scalp surface (world RAS), for slab planning."""
-    pts = np.argwhere(np.abs(model.d_skull - 8.0) < 0.6 * model.spacing)
-    rng = np.random.default_rng(1)
-    pick = rng.choice(len(pts), size=min(4000, len(pts)), replace=False)
-    ras = model.origin + model.spacing * pts[np.sort(pick)]
-    if warp is not None and not warp.is_identity:
-        ras = warp.variant_points(ras)
-    return ras
-
-
 def _session_stream(plan: CasePlan, stream_id: int, *extra: int) -> np.random.Generator:
     """Noise and contrast jitter: new for every imaging session of the same case."""
     if plan.session:
         return stream(plan.seed, plan.index, stream_id, *extra, 10_000 + plan.session)
     return stream(plan.seed, plan.index, stream_id, *extra)
+
+
+@dataclass
+class _Scene:
+    """The case's world: label map and T1 template after warp and tumour, and the tumour."""
+
+    model: HeadModel
+    warp: HeadVariant | None
+    lab: np.ndarray
+    t1: np.ndarray
+    geo: TumourGeometry | None
+    maps: LesionMaps | None
 
 
 def render_case(plan: CasePlan, out_dir: Path) -> RenderedCase:
@@ -180,6 +86,32 @@ def render_case(plan: CasePlan, out_dir: Path) -> RenderedCase:
     variant = head_variant(plan.head)
     warp = None if variant.is_identity else variant
     head_pts = head_points(model, warp)
+    scene = _scene(plan, model, warp)
+    study = _study(plan)
+    kinds = [k for k in ACQUISITION_ORDER if k == "t1c_mprage" or k in plan.distractors]
+    worlds: dict[str, np.ndarray] = {}
+    jit = _session_stream(plan, STREAM_ANATOMY, 2)
+    series_records = []
+    t1c_grid: Grid | None = None
+    for pos, kind in enumerate(kinds, start=1):
+        contrast = CONTRAST_OF[kind]
+        if contrast not in worlds:
+            worlds[contrast] = _world(plan, scene, contrast, jit)
+        grids = series_grids(plan, kind, model, head_pts)
+        spec = _series_spec(plan, kind, pos, kinds, grids)
+        stack = _pixels(plan, kind, spec.number, worlds[contrast], model, grids, warp)
+        series_records.append(_write_series(plan, study, spec, stack, out_dir))
+        if kind == "t1c_mprage":
+            t1c_grid = grids[0]
+            t1c_spec = spec
+        if contrast not in [CONTRAST_OF[k] for k in kinds[pos:]]:
+            worlds.pop(contrast, None)
+    assert t1c_grid is not None
+    return _rendered(plan, scene, study, t1c_spec, t1c_grid, series_records)
+
+
+def _scene(plan: CasePlan, model: HeadModel, warp: HeadVariant | None) -> _Scene:
+    """Labels, veins, the head's warp and atrophy, then the tumour with its lesion maps."""
     anat = stream(plan.seed, plan.index, STREAM_ANATOMY, 1)
     lab = build_labels(model, plan.layers)
     paint_veins(lab, model, anat, plan.vein_fraction)
@@ -194,74 +126,83 @@ def render_case(plan: CasePlan, out_dir: Path) -> RenderedCase:
         geo = place_tumour(model, plan.shape, plan.layers.csf, tum)
         apply_mass_effect(model, geo, t1, lab, plan.lesion.mass_effect)
         maps = build_lesion(model, geo, plan.lesion, t1, lab, plan.layers.csf, tum)
+    return _Scene(model=model, warp=warp, lab=lab, t1=t1, geo=geo, maps=maps)
 
-    study = _study(plan)
-    kinds = [k for k in ACQUISITION_ORDER if k == "t1c_mprage" or k in plan.distractors]
-    worlds: dict[str, np.ndarray] = {}
-    jit = _session_stream(plan, STREAM_ANATOMY, 2)
-    series_records = []
-    t1c_grid: Grid | None = None
-    for pos, kind in enumerate(kinds, start=1):
-        contrast = CONTRAST_OF[kind]
-        if contrast not in worlds:
-            table = label_table(contrast, 1 + jit.normal(0, 0.04, 32).clip(-0.12, 0.12))
-            if warp is not None and contrast == "t1c":
-                for code, factor in warp.table_overrides().items():
-                    table[code] *= factor
-            curve = brain_curve(contrast, float(jit.uniform(0.9, 1.1)))
-            vol = compose(lab, t1, contrast, table, curve)
-            if geo is not None and maps is not None:
-                composite(vol, geo, maps, plan.lesion, contrast)
-            worlds[contrast] = point_spread(vol, model, plan.t1c_pixel)
-        grids = _grids(plan, kind, model, head_pts)
-        number = _series_number(plan.vendor, pos)
-        enhanced = plan.enhanced and kind == "t1c_mprage"
-        orient = "sag" if kind == "localizer" else _orientation_name(grids[0])
-        spec = SeriesSpec(
-            kind=kind,
-            number=number,
-            orientation=orient,
-            grids=grids,
-            quant=plan.quant,
-            transfer_syntax=plan.transfer_syntax,
-            enhanced=enhanced,
-            variant=plan.description_variant,
-            contrast_evidence=plan.contrast_evidence,
-            time_offset_s=120 * pos + (600 if pos >= kinds.index("t1c_mprage") + 1 else 0),
-        )
-        stack = _pixels(plan, kind, number, worlds[contrast], model, grids, warp)
-        profile = spec.profile(plan.vendor)
-        folder = out_dir / plan.case_id / str(number)
-        if enhanced:
-            write_single(build_enhanced(study, spec, stack, profile), folder, plan.transfer_syntax)
-            n_files = 1
-        else:
-            classic = build_classic(study, spec, stack, profile)
-            n_files = len(write_classic(classic, folder, plan.transfer_syntax))
-        series_records.append(
-            {
-                "series_number": number,
-                "kind": kind,
-                "series_uid": str(spec.uid(study)),
-                "description": profile["SeriesDescription"],
-                "folder": f"{plan.case_id}/{number}",
-                "instances": n_files,
-                "enhanced": enhanced,
-            }
-        )
-        if kind == "t1c_mprage":
-            t1c_grid = grids[0]
-            t1c_spec = spec
-        if contrast not in [CONTRAST_OF[k] for k in kinds[pos:]]:
-            worlds.pop(contrast, None)
-    assert t1c_grid is not None
+
+def _world(plan: CasePlan, scene: _Scene, contrast: str, jit: np.random.Generator) -> np.ndarray:
+    """One contrast of the world volume (jittered tissue table, tumour, point spread)."""
+    table = label_table(contrast, 1 + jit.normal(0, 0.04, 32).clip(-0.12, 0.12))
+    if scene.warp is not None and contrast == "t1c":
+        for code, factor in scene.warp.table_overrides().items():
+            table[code] *= factor
+    curve = brain_curve(contrast, float(jit.uniform(0.9, 1.1)))
+    vol = compose(scene.lab, scene.t1, contrast, table, curve)
+    if scene.geo is not None and scene.maps is not None:
+        composite(vol, scene.geo, scene.maps, plan.lesion, contrast)
+    return point_spread(vol, scene.model, plan.t1c_pixel)
+
+
+def _series_spec(
+    plan: CasePlan, kind: str, pos: int, kinds: list[str], grids: tuple[Grid, ...]
+) -> SeriesSpec:
+    """Series ``pos`` of the study: number, orientation, storage, acquisition time."""
+    number = series_number(plan.vendor, pos)
+    enhanced = plan.enhanced and kind == "t1c_mprage"
+    orient = "sag" if kind == "localizer" else orientation_name(grids[0])
+    return SeriesSpec(
+        kind=kind,
+        number=number,
+        orientation=orient,
+        grids=grids,
+        quant=plan.quant,
+        transfer_syntax=plan.transfer_syntax,
+        enhanced=enhanced,
+        variant=plan.description_variant,
+        contrast_evidence=plan.contrast_evidence,
+        time_offset_s=120 * pos + (600 if pos >= kinds.index("t1c_mprage") + 1 else 0),
+    )
+
+
+def _write_series(
+    plan: CasePlan, study: StudyInfo, spec: SeriesSpec, stack: np.ndarray, out_dir: Path
+) -> dict[str, Any]:
+    """Write one series (classic or Enhanced MR) and return its record."""
+    profile = spec.profile(plan.vendor)
+    folder = out_dir / plan.case_id / str(spec.number)
+    if spec.enhanced:
+        write_single(build_enhanced(study, spec, stack, profile), folder, plan.transfer_syntax)
+        n_files = 1
+    else:
+        classic = build_classic(study, spec, stack, profile)
+        n_files = len(write_classic(classic, folder, plan.transfer_syntax))
+    return {
+        "series_number": spec.number,
+        "kind": spec.kind,
+        "series_uid": str(spec.uid(study)),
+        "description": profile["SeriesDescription"],
+        "folder": f"{plan.case_id}/{spec.number}",
+        "instances": n_files,
+        "enhanced": spec.enhanced,
+    }
+
+
+def _rendered(
+    plan: CasePlan,
+    scene: _Scene,
+    study: StudyInfo,
+    t1c_spec: SeriesSpec,
+    t1c_grid: Grid,
+    series_records: list[dict[str, Any]],
+) -> RenderedCase:
+    """The mask on the T1C grid, the true volume and the case's ground-truth record."""
+    model, geo, warp = scene.model, scene.geo, scene.warp
     if geo is not None:
         mask = mask_on_grid(geo, model, plan.pose, t1c_grid, warp)
     else:
         mask = np.zeros((t1c_grid.slices, t1c_grid.rows, t1c_grid.cols), dtype=np.uint8)
     voxel_cm3 = t1c_grid.row_spacing * t1c_grid.col_spacing * t1c_grid.slice_step / 1000.0
     volume = tumour_volume_cm3(geo, model, plan.pose, warp) if geo is not None else 0.0
-    record = _record(plan, study, t1c_spec, t1c_grid, geo, maps, model, series_records, warp)
+    record = _record(plan, study, t1c_spec, t1c_grid, geo, scene.maps, model, series_records, warp)
     record["mask_volume_cm3"] = round(float(mask.sum()) * voxel_cm3, 4)
     return RenderedCase(
         record=record,
@@ -269,11 +210,6 @@ def render_case(plan: CasePlan, out_dir: Path) -> RenderedCase:
         mask_affine=t1c_grid.nifti_affine(),
         volume_cm3=volume,
     )
-
-
-def _orientation_name(grid: Grid) -> str:
-    n = np.abs(grid.normal)
-    return ("sag", "coronal", "axial")[int(np.argmax(n))]
 
 
 def _pixels(
