@@ -1,4 +1,4 @@
-"""Radiomics: the 1218 PyRadiomics features of the source study, and their standardisation.
+"""Radiomics: the 1218 PyRadiomics features of the source study.
 
 The parameter file (``ai_core/params/radiomics.yaml`` by default; in production
 the copy inside the model bundle) defines the image types, the feature classes
@@ -14,25 +14,20 @@ module neither resamples nor normalises. Image and mask are cropped to the
 mask's bounding box plus a margin wide enough for the largest LoG sigma before
 PyRadiomics sees them, so extraction costs seconds, not minutes.
 
-:class:`RadiomicsStandardiser` holds the training mean and standard deviation
-of each feature (stored as JSON in the model bundle) and turns a feature dict
-into z-scores plus a *missing* mask: a feature that failed, is absent, NaN or
-infinite becomes ``NaN`` with ``missing=True``, which the model feeds as an
-"unknown" token instead of a made-up value.
+The features' standardisation for the model lives in :mod:`ai_core.radiomics_standardiser`.
 
 PyRadiomics (``pyradiomics-bhklab``) and SimpleITK are imported lazily, so the
-standardiser and the name list cost nothing to import.
+name list costs nothing to import.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product
 from pathlib import Path
@@ -52,9 +47,6 @@ SUPPORTED_IMAGE_TYPES = ("Original", "LoG", "Wavelet")
 # levels inside the tumour (measured: features within 2e-5 of an 80 mm margin)
 LOG_TAIL_SIGMAS = 6.0
 WAVELET_MARGIN_VOXELS = 4  # coif1 has 6 taps; wrap padding must stay out of the tumour
-DEFAULT_Z_CLIP = 10.0
-STANDARDISER_FORMAT = "ki67node-radiomics-standardiser"
-STANDARDISER_VERSION = 1
 # What PyRadiomics, SimpleITK (RuntimeError) and numpy raise when one class or filter fails
 _EXTRACTION_ERRORS: tuple[type[Exception], ...] = (
     ArithmeticError,
@@ -352,125 +344,3 @@ def _floats(values: Mapping[str, Any]) -> dict[str, float]:
         except (TypeError, ValueError):
             out[name] = math.nan
     return out
-
-
-@dataclass(frozen=True)
-class StandardisedFeatures:
-    """Z-scores in the standardiser's name order; ``missing`` marks the unknown ones (NaN)."""
-
-    names: tuple[str, ...]
-    values: np.ndarray
-    missing: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
-class RadiomicsStandardiser:
-    """Training mean and standard deviation per feature, and the z-score transform.
-
-    Policy: ``fit`` ignores absent and non-finite values per feature; a feature
-    with fewer than two finite training values is always reported missing; a
-    standard deviation of 0 is replaced by 1 (a constant feature gives z = 0 at
-    the training value); z-scores are clipped to ``±clip`` so that an
-    out-of-distribution value cannot dominate the model.
-    """
-
-    names: tuple[str, ...]
-    mean: np.ndarray
-    std: np.ndarray
-    n_train: int
-    clip: float = DEFAULT_Z_CLIP
-    _index: dict[str, int] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not (len(self.names) == len(self.mean) == len(self.std)):
-            raise RadiomicsError(
-                f"standardiser has {len(self.names)} names but {len(self.mean)} means and "
-                f"{len(self.std)} standard deviations; refit it"
-            )
-        if not self.clip > 0:
-            raise RadiomicsError(f"standardiser clip must be > 0, got {self.clip}")
-        object.__setattr__(self, "_index", {n: i for i, n in enumerate(self.names)})
-
-    @classmethod
-    def fit(
-        cls,
-        rows: Sequence[Mapping[str, float]],
-        names: Sequence[str] | None = None,
-        clip: float = DEFAULT_Z_CLIP,
-    ) -> RadiomicsStandardiser:
-        """Statistics over training feature dicts (``RadiomicsResult.features``)."""
-        if not rows:
-            raise RadiomicsError("cannot fit a radiomics standardiser on zero training cases")
-        order = tuple(names) if names is not None else feature_names()
-        table = np.array([[r.get(n, math.nan) for n in order] for r in rows], dtype=np.float64)
-        table[~np.isfinite(table)] = np.nan
-        counts = np.sum(np.isfinite(table), axis=0)
-        mean = np.full(len(order), np.nan)
-        std = np.full(len(order), np.nan)
-        usable = counts >= 2
-        mean[usable] = np.nanmean(table[:, usable], axis=0)
-        std[usable] = np.nanstd(table[:, usable], axis=0)
-        std[usable & (std == 0)] = 1.0
-        if not usable.all():
-            log.info("radiomics standardiser: %d features unusable", int((~usable).sum()))
-        return cls(order, mean, std, len(rows), clip)
-
-    def transform(self, features: Mapping[str, float]) -> StandardisedFeatures:
-        """Z-scores of one case; absent, NaN or infinite features become NaN + missing."""
-        raw = np.array([features.get(n, math.nan) for n in self.names], dtype=np.float64)
-        missing = ~np.isfinite(raw) | ~np.isfinite(self.mean)
-        with np.errstate(invalid="ignore"):
-            z = np.clip((raw - self.mean) / self.std, -self.clip, self.clip)
-        z[missing] = np.nan
-        return StandardisedFeatures(self.names, z, missing)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": STANDARDISER_FORMAT,
-                "version": STANDARDISER_VERSION,
-                "n_train": self.n_train,
-                "clip": self.clip,
-                "names": list(self.names),
-                "mean": [_json_float(v) for v in self.mean],
-                "std": [_json_float(v) for v in self.std],
-            },
-            indent=1,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> RadiomicsStandardiser:
-        try:
-            doc = json.loads(text)
-            if (
-                doc.get("format") != STANDARDISER_FORMAT
-                or doc.get("version") != STANDARDISER_VERSION
-            ):
-                raise ValueError(f"format {doc.get('format')!r} version {doc.get('version')!r}")
-            return cls(
-                names=tuple(str(n) for n in doc["names"]),
-                mean=np.array([_from_json(v) for v in doc["mean"]], dtype=np.float64),
-                std=np.array([_from_json(v) for v in doc["std"]], dtype=np.float64),
-                n_train=int(doc["n_train"]),
-                clip=float(doc["clip"]),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise RadiomicsError(
-                f"not a {STANDARDISER_FORMAT} v{STANDARDISER_VERSION} document ({exc}); "
-                "re-export the model bundle's standardisation statistics"
-            ) from exc
-
-    def save(self, path: Path) -> None:
-        path.write_text(self.to_json() + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: Path) -> RadiomicsStandardiser:
-        return cls.from_json(path.read_text(encoding="utf-8"))
-
-
-def _json_float(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
-
-
-def _from_json(value: float | None) -> float:
-    return math.nan if value is None else float(value)

@@ -48,7 +48,8 @@ def test_explanation_hot_spot_lies_on_the_tumour(cases: Path) -> None:
 
     from ai_core.analysis import AnalysisOptions, analyse_series
     from ai_core.image import Grid, resample_mask
-    from ai_core.model.cases import _series_files, read_manifest
+    from ai_core.model.cases import read_manifest
+    from ai_core.model.feature_cache import series_files
     from ai_core.model.predict import Predictor
 
     bundle = load_bundle()
@@ -57,7 +58,7 @@ def test_explanation_hot_spot_lies_on_the_tumour(cases: Path) -> None:
     assert len(rows) == CASES
     for row in rows:
         analysis = analyse_series(
-            _series_files(row),
+            series_files(row),
             None,  # type: ignore[arg-type]  # the true mask replaces segmentation
             options=AnalysisOptions(
                 preprocess=bundle.preprocess, radiomics_params=bundle.radiomics_params

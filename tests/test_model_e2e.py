@@ -16,7 +16,8 @@ import pytest
 
 from ai_core.errors import ModelError
 from ai_core.model.bundle import load_bundle
-from ai_core.model.cases import FeatureParams, read_manifest
+from ai_core.model.cases import read_manifest
+from ai_core.model.feature_cache import FeatureParams
 from ai_core.model.fit import load_table
 from ai_core.model.train import predict_table
 from daemon.cli import main
@@ -160,14 +161,14 @@ def test_evaluate_writes_the_paper_style_report(trained: dict[str, Path]) -> Non
 
 def test_predictor_on_a_real_analysis(trained: dict[str, Path]) -> None:
     from ai_core.analysis import AnalysisOptions, analyse_series
-    from ai_core.model.cases import _series_files
+    from ai_core.model.feature_cache import series_files
     from ai_core.model.inputs import Characteristics
     from ai_core.model.predict import Predictor
 
     case = read_manifest(trained["dev"])[0]
     bundle = load_bundle(trained["model"])
     analysis = analyse_series(
-        _series_files(case),
+        series_files(case),
         None,  # type: ignore[arg-type]  # the reference mask replaces segmentation
         options=AnalysisOptions(
             preprocess=bundle.preprocess, radiomics_params=bundle.radiomics_params

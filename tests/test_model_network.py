@@ -638,25 +638,25 @@ def test_a_few_steps_reduce_the_loss_on_a_learnable_toy() -> None:
 
 
 def test_linear_path_learning_rate_multiple_and_every_weight_optimised_once() -> None:
-    from ai_core.model.train import _parameter_groups
+    from ai_core.model.warm_start import parameter_groups
 
     model = CascadedMixingTransformer(TINY)
-    groups = _parameter_groups(model, 1e-3, 30.0)
+    groups = parameter_groups(model, 1e-3, 30.0)
     assert [g["lr"] for g in groups] == [1e-3, 1e-3 * 30.0]
     assert model.linear is not None
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.linear.parameters()}
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
     plain = CascadedMixingTransformer(ModelConfig(**{**TINY.to_dict(), "linear_skip": False}))
-    assert len(_parameter_groups(plain, 1e-3, 30.0)) == 1
+    assert len(parameter_groups(plain, 1e-3, 30.0)) == 1
 
 
 def test_a_multiple_of_zero_freezes_the_linear_path() -> None:
-    from ai_core.model.train import _parameter_groups
+    from ai_core.model.warm_start import parameter_groups
 
     model = CascadedMixingTransformer(TINY)
     assert model.linear is not None
-    groups = _parameter_groups(model, 1e-3, 0.0)
+    groups = parameter_groups(model, 1e-3, 0.0)
     assert len(groups) == 1
     frozen = {id(p) for p in model.linear.parameters()}
     assert not frozen & {id(p) for p in groups[0]["params"]}
@@ -709,7 +709,7 @@ def test_warm_start_fits_the_linear_path_as_a_logistic_regression() -> None:
     from types import SimpleNamespace
 
     from ai_core.evaluation.metrics import roc_auc
-    from ai_core.model.train import _warm_start_linear
+    from ai_core.model.warm_start import warm_start_linear
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
@@ -723,7 +723,7 @@ def test_warm_start_fits_the_linear_path_as_a_logistic_regression() -> None:
         characteristics=chars.numpy(), characteristics_known=known.numpy(), labels=y.numpy()
     )
     model = CascadedMixingTransformer(TINY)
-    _warm_start_linear(model, table, summary, 1.0, torch.device("cpu"))
+    warm_start_linear(model, table, summary, 1.0, torch.device("cpu"))
     lin = model.linear
     assert lin is not None
     image_w, char_w = lin.image_weight.detach(), lin.char_weight.detach()
@@ -793,8 +793,9 @@ def test_training_keeps_the_frozen_linear_path_and_shrinks_the_attention_path() 
     """linear_lr_mult 0: the regression fitted before epoch 1 is the one kept; a larger
     residual_l2 keeps the attention path's logits closer to 0."""
     from ai_core.model.data import standardised_radiomics
-    from ai_core.model.train import TrainSettings, _summaries, _warm_start_linear, train_run
-    from ai_core.radiomics_features import RadiomicsStandardiser
+    from ai_core.model.train import TrainSettings, train_run
+    from ai_core.model.warm_start import training_summaries, warm_start_linear
+    from ai_core.radiomics_standardiser import RadiomicsStandardiser
 
     train, val = _tiny_table(24, 1), _tiny_table(12, 2)
     std = RadiomicsStandardiser.fit(
@@ -810,8 +811,12 @@ def test_training_keeps_the_frozen_linear_path_and_shrinks_the_attention_path() 
         torch.manual_seed(settings.seed)  # the same initialisation train_run started from
         ref = CascadedMixingTransformer(TINY)
         n_pos = int(train.labels.sum())
-        _warm_start_linear(
-            ref, train, _summaries(train, TINY, "cpu"), (24 - n_pos) / n_pos, torch.device("cpu")
+        warm_start_linear(
+            ref,
+            train,
+            training_summaries(train, TINY, "cpu"),
+            (24 - n_pos) / n_pos,
+            torch.device("cpu"),
         )
         for key, value in ref.linear.state_dict().items():
             torch.testing.assert_close(run.state_dict[f"linear.{key}"], value)

@@ -15,11 +15,11 @@ from ai_core.radiomics_features import (
     EXPECTED_FEATURE_COUNT,
     RadiomicsError,
     RadiomicsResult,
-    RadiomicsStandardiser,
     crop_box,
     extract_radiomics,
     feature_names,
 )
+from ai_core.radiomics_standardiser import RadiomicsStandardiser
 
 PER_IMAGE = 86  # 18 firstorder + 22 glcm + 16 glrlm + 16 glszm + 14 gldm
 # The marching-cubes mesh of a voxelised surface has ~8 % more area than the smooth

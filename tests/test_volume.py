@@ -460,7 +460,7 @@ def test_voxel_cap_is_checked_before_decoding(
     def must_not_decode(*_args: object) -> Volume:
         raise AssertionError("decoded although the cap was exceeded")
 
-    monkeypatch.setattr(volume_module, "_decode_into", must_not_decode)
+    monkeypatch.setattr(volume_module, "decode_into", must_not_decode)
     paths = write_classic(tmp_path)
     with pytest.raises(VolumeError, match=r"40×36×5 = 7200 voxels, more than the limit of 100"):
         load_series(paths, max_voxels=100)

@@ -29,8 +29,8 @@ from ai_core.evaluation.protocol import (
 )
 from ai_core.evaluation.report import write_report
 from ai_core.model.bundle import load_bundle
-from ai_core.model.cases import FeatureParams
 from ai_core.model.data import CaseTable
+from ai_core.model.feature_cache import FeatureParams
 from ai_core.model.fit import load_table
 from ai_core.model.train import predict_table
 

@@ -39,8 +39,8 @@ from ai_core.evaluation.survival_report import (
     read_growth_manifest,
 )
 from ai_core.model.bundle import load_bundle
-from ai_core.model.cases import FeatureParams, extract_features
 from ai_core.model.data import build_table
+from ai_core.model.feature_cache import FeatureParams, extract_features
 from ai_core.model.fit import is_synthetic
 from ai_core.model.train import predict_table
 

@@ -30,7 +30,8 @@ from ai_core.disclaimer import DISCLAIMER
 from ai_core.errors import ModelError
 from ai_core.model.inputs import CropParams
 from ai_core.preprocess import PreprocessParams
-from ai_core.radiomics_features import RadiomicsStandardiser, feature_names
+from ai_core.radiomics_features import feature_names
+from ai_core.radiomics_standardiser import RadiomicsStandardiser
 
 if TYPE_CHECKING:
     import torch

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ai_core.errors import EvaluationError
-from ai_core.model.cases import CaseFeatures, ManifestCase
+from ai_core.model.cases import ManifestCase
+from ai_core.model.feature_cache import CaseFeatures
 from ai_core.model.inputs import CHARACTERISTICS
-from ai_core.radiomics_features import RadiomicsStandardiser
+from ai_core.radiomics_standardiser import RadiomicsStandardiser
 
 if TYPE_CHECKING:
     import torch

@@ -26,14 +26,24 @@ from typing import Any
 import numpy as np
 
 from ai_core.errors import EvaluationError
-from ai_core.model.cases import FeatureParams, extract_features, read_manifests
+from ai_core.model.cases import read_manifests
+from ai_core.model.config import ModelConfig
 from ai_core.model.data import CaseTable, build_table
+from ai_core.model.feature_cache import FeatureParams, extract_features
 from ai_core.model.inputs import CropParams
-from ai_core.model.train import TrainSettings, stratified_split, train_run, write_history
+from ai_core.model.run_record import write_history
+from ai_core.model.train import RunResult, TrainSettings, stratified_split, train_run
 from ai_core.preprocess import PreprocessParams
-from ai_core.radiomics_features import DEFAULT_PARAMS_PATH, RadiomicsStandardiser
+from ai_core.radiomics_features import DEFAULT_PARAMS_PATH
+from ai_core.radiomics_standardiser import RadiomicsStandardiser
 
 log = logging.getLogger(__name__)
+
+#: What the bundle says about its validation metrics.
+VALIDATION_NOTE = (
+    "measured on the validation split that also chose the epoch and the threshold "
+    "(optimistic); `ki67node evaluate` gives held-out estimates with confidence intervals"
+)
 
 
 @dataclass(frozen=True)
@@ -97,7 +107,6 @@ def train_bundle(
     """Train on the manifest's development cases and write a bundle to ``out_dir``."""
     from ai_core.evaluation.metrics import binary_metrics, youden_threshold
     from ai_core.model.bundle import save_bundle
-    from ai_core.model.config import ModelConfig
 
     settings = settings or TrainSettings()
     crop = crop or CropParams()
@@ -109,21 +118,9 @@ def train_bundle(
     table = load_table(
         manifests, params, cache, workers=workers, progress=progress, device=settings.device
     )
-    dev = table.where_cohort("development")
-    if len(dev) < 8:
-        raise EvaluationError(
-            f"only {len(dev)} assessable development case(s); training needs at least 8"
-        )
-    train_idx, val_idx = stratified_split(dev.labels, settings.validation_fraction, settings.seed)
-    train, val = dev.subset(train_idx), dev.subset(val_idx)
+    dev, train, val = _development_split(table, settings)
     standardiser = fit_standardiser(train)
-    config = ModelConfig(
-        **{
-            **(config_overrides or {}),
-            "crop_size": crop.size,
-            "n_radiomics": len(table.radiomics_names),
-        }
-    )
+    config = _model_config(config_overrides, crop, table)
     log.info(
         "training on %d cases (%d high), validating on %d (%d high)",
         len(train),
@@ -143,7 +140,68 @@ def train_bundle(
     threshold = float(np.clip(youden_threshold(val.labels, run.val_output1), 0.02, 0.98))
     val_metrics = binary_metrics(val.labels, run.val_output1, threshold).as_dict()
     synthetic = is_synthetic(manifests) if synthetic is None else synthetic
-    trained_on = {
+    save_bundle(
+        out_dir,
+        state_dict=run.state_dict,
+        config=config,
+        crop=crop,
+        preprocess=params.preprocess,
+        radiomics_params=params.radiomics_params,
+        standardiser=standardiser,
+        threshold=threshold,
+        trained_on=_trained_on(manifests, synthetic, table, dev, train, val),
+        training=_training_record(settings, run, train),
+        metrics={"validation_output1": val_metrics, "note": VALIDATION_NOTE},
+    )
+    curve = write_history(run.history, out_dir, title=f"Training ({len(train)} cases)")
+    return TrainOutcome(
+        out_dir,
+        len(dev),
+        len(table.not_assessable),
+        run.best_epoch,
+        val_metrics,
+        run.seconds,
+        curve,
+    )
+
+
+def _development_split(
+    table: CaseTable, settings: TrainSettings
+) -> tuple[CaseTable, CaseTable, CaseTable]:
+    """The development cases, and their stratified training and validation parts."""
+    dev = table.where_cohort("development")
+    if len(dev) < 8:
+        raise EvaluationError(
+            f"only {len(dev)} assessable development case(s); training needs at least 8"
+        )
+    train_idx, val_idx = stratified_split(dev.labels, settings.validation_fraction, settings.seed)
+    train, val = dev.subset(train_idx), dev.subset(val_idx)
+    return dev, train, val
+
+
+def _model_config(
+    overrides: dict[str, Any] | None, crop: CropParams, table: CaseTable
+) -> ModelConfig:
+    """The network's configuration: ``overrides`` with the crop size and radiomics count fixed."""
+    return ModelConfig(
+        **{
+            **(overrides or {}),
+            "crop_size": crop.size,
+            "n_radiomics": len(table.radiomics_names),
+        }
+    )
+
+
+def _trained_on(
+    manifests: Sequence[Path],
+    synthetic: bool,
+    table: CaseTable,
+    dev: CaseTable,
+    train: CaseTable,
+    val: CaseTable,
+) -> dict[str, Any]:
+    """The bundle's record of the data: manifests, case counts, hashed case ids."""
+    return {
         "synthetic": synthetic,
         "notice": "synthetic cohort made by ki67node synth; no real patient"
         if synthetic
@@ -159,7 +217,11 @@ def train_bundle(
         "not_assessable": len(table.not_assessable),
         "case_id_sha256": sorted(_case_hash(c) for c in dev.case_ids),
     }
-    training = {
+
+
+def _training_record(settings: TrainSettings, run: RunResult, train: CaseTable) -> dict[str, Any]:
+    """The bundle's record of the run: its settings, epochs, time and threshold rule."""
+    return {
         **settings.to_dict(),
         "epochs_run": len(run.history),
         "best_epoch": run.best_epoch,
@@ -167,34 +229,6 @@ def train_bundle(
         "pos_weight": round((len(train) - train.labels.sum()) / max(train.labels.sum(), 1), 4),
         "threshold_rule": "Youden's J on the validation split (Output 1)",
     }
-    metrics = {
-        "validation_output1": val_metrics,
-        "note": "measured on the validation split that also chose the epoch and the threshold "
-        "(optimistic); `ki67node evaluate` gives held-out estimates with confidence intervals",
-    }
-    save_bundle(
-        out_dir,
-        state_dict=run.state_dict,
-        config=config,
-        crop=crop,
-        preprocess=params.preprocess,
-        radiomics_params=params.radiomics_params,
-        standardiser=standardiser,
-        threshold=threshold,
-        trained_on=trained_on,
-        training=training,
-        metrics=metrics,
-    )
-    curve = write_history(run.history, out_dir, title=f"Training ({len(train)} cases)")
-    return TrainOutcome(
-        out_dir,
-        len(dev),
-        len(table.not_assessable),
-        run.best_epoch,
-        val_metrics,
-        run.seconds,
-        curve,
-    )
 
 
 def _case_hash(case_id: str) -> str:

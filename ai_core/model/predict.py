@@ -99,6 +99,25 @@ class Prediction:
         }
 
 
+@dataclass(frozen=True, eq=False)
+class _Inputs:
+    """One analysis as the network's batch of one, and what went into it."""
+
+    batch: dict[str, Any]
+    geometry: CropGeometry
+    known: np.ndarray  # which characteristics are known
+    present: tuple[bool, bool, bool]  # mri, characteristics, radiomics
+
+
+@dataclass(frozen=True, eq=False)
+class _Maps:
+    """The explanation maps on the source series grid; all None without explanation."""
+
+    gradcam: np.ndarray | None = None
+    attention: np.ndarray | None = None
+    towards_high: bool | None = None
+
+
 def resolve_device(device: str) -> str:
     """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda``/``cuda:N`` checked."""
     import torch
@@ -141,6 +160,59 @@ class Predictor:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         chars = characteristics or Characteristics()
+        inputs = self._inputs(analysis, chars, use_radiomics)
+        timings["inputs"] = time.perf_counter() - start
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = self.model(**inputs.batch)
+        p1 = float(torch.sigmoid(out.output1)[0])
+        p2 = float(torch.sigmoid(out.output2)[0])
+        if not (math.isfinite(p1) and math.isfinite(p2)):
+            raise ModelError(
+                "the model produced a non-finite probability; the input is out of range"
+            )
+        timings["model"] = time.perf_counter() - start
+        char_attn = out.attention[1][0].mean(dim=(0, 1)).cpu().numpy()
+        rad_attn = out.attention[2][0].mean(dim=(0, 1)).cpu().numpy()
+        names = self.bundle.standardiser.names
+        top = np.argsort(-rad_attn)[:10] if inputs.present[2] else np.array([], dtype=int)
+        maps = _Maps()
+        if explain:
+            start = time.perf_counter()
+            maps = self._explain(inputs, out, p1 >= self.bundle.threshold, analysis)
+            timings["explain"] = time.perf_counter() - start
+        return Prediction(
+            probability_output1=p1,
+            probability_output2=p2,
+            ki67_high=p1 >= self.bundle.threshold,
+            threshold=self.bundle.threshold,
+            inputs_used=dict(
+                zip(("mri", "characteristics", "radiomics"), inputs.present, strict=True)
+            ),
+            characteristics=chars.known(),
+            crop=inputs.geometry,
+            gradcam_source=maps.gradcam,
+            attention_source=maps.attention,
+            characteristic_attention={
+                name: float(char_attn[i])
+                for i, name in enumerate(CHARACTERISTICS)
+                if inputs.known[i]
+            },
+            radiomics_attention=[(names[i], float(rad_attn[i])) for i in top],
+            model_name=self.bundle.name,
+            model_version=self.bundle.version,
+            synthetic_model=self.bundle.synthetic,
+            device=self.device,
+            timings_s=timings,
+            map_towards_high=maps.towards_high,
+        )
+
+    def _inputs(
+        self, analysis: ImageAnalysis, chars: Characteristics, use_radiomics: bool
+    ) -> _Inputs:
+        """The tumour crop, the characteristics and the standardised radiomics as a batch of one."""
+        import torch
+
         crop, geometry = tumour_crop(
             crop_source(analysis.working, self.bundle.crop),
             analysis.segmentation.mask_zyx,
@@ -165,55 +237,23 @@ class Predictor:
             "radiomics_known": torch.as_tensor(rad_known[None], device=dev),
             "present": torch.as_tensor(np.array([present]), device=dev),
         }
-        timings["inputs"] = time.perf_counter() - start
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = self.model(**batch)
-        p1 = float(torch.sigmoid(out.output1)[0])
-        p2 = float(torch.sigmoid(out.output2)[0])
-        if not (math.isfinite(p1) and math.isfinite(p2)):
-            raise ModelError(
-                "the model produced a non-finite probability; the input is out of range"
-            )
-        timings["model"] = time.perf_counter() - start
-        char_attn = out.attention[1][0].mean(dim=(0, 1)).cpu().numpy()
-        rad_attn = out.attention[2][0].mean(dim=(0, 1)).cpu().numpy()
-        names = self.bundle.standardiser.names
-        top = np.argsort(-rad_attn)[:10] if present[2] else np.array([], dtype=int)
-        gradcam = attention = None
-        map_high: bool | None = None
-        if explain:
-            start = time.perf_counter()
-            from ai_core.model.explain import evidence_map, mri_attention_map
+        return _Inputs(batch, geometry, known, present)
 
-            map_high = self._map_class(batch, p1 >= self.bundle.threshold)
-            towards = torch.tensor([map_high], device=dev)
-            cam = evidence_map(self.model, batch, head=1, towards_high=towards)[0].cpu().numpy()
-            gradcam = crop_to_grid(cam, geometry, analysis.working.source)
-            amap = mri_attention_map(out.attention[0], self.bundle.config)[0].cpu().numpy()
-            attention = crop_to_grid(amap, geometry, analysis.working.source)
-            timings["explain"] = time.perf_counter() - start
-        return Prediction(
-            probability_output1=p1,
-            probability_output2=p2,
-            ki67_high=p1 >= self.bundle.threshold,
-            threshold=self.bundle.threshold,
-            inputs_used=dict(zip(("mri", "characteristics", "radiomics"), present, strict=True)),
-            characteristics=chars.known(),
-            crop=geometry,
-            gradcam_source=gradcam,
-            attention_source=attention,
-            characteristic_attention={
-                name: float(char_attn[i]) for i, name in enumerate(CHARACTERISTICS) if known[i]
-            },
-            radiomics_attention=[(names[i], float(rad_attn[i])) for i in top],
-            model_name=self.bundle.name,
-            model_version=self.bundle.version,
-            synthetic_model=self.bundle.synthetic,
-            device=self.device,
-            timings_s=timings,
-            map_towards_high=map_high,
-        )
+    def _explain(
+        self, inputs: _Inputs, out: Any, reported_high: bool, analysis: ImageAnalysis
+    ) -> _Maps:
+        """Grad-CAM with the size/texture evidence and the MRI attention, on the source grid."""
+        import torch
+
+        from ai_core.model.explain import evidence_map, mri_attention_map
+
+        map_high = self._map_class(inputs.batch, reported_high)
+        towards = torch.tensor([map_high], device=self.device)
+        cam = evidence_map(self.model, inputs.batch, head=1, towards_high=towards)
+        gradcam = crop_to_grid(cam[0].cpu().numpy(), inputs.geometry, analysis.working.source)
+        amap = mri_attention_map(out.attention[0], self.bundle.config)[0].cpu().numpy()
+        attention = crop_to_grid(amap, inputs.geometry, analysis.working.source)
+        return _Maps(gradcam, attention, map_high)
 
     def _map_class(self, batch: dict[str, Any], reported_high: bool) -> bool:
         """The class the heatmap shows the MRI's evidence for (True: Ki-67 high).

@@ -1,13 +1,12 @@
 """Training the Ki-67 Transformer: one run on a table, and ``ki67node train``.
 
 One run: AdamW, class imbalance handled by the positive-class weight of the
-loss (n_negative / n_positive), MONAI augmentation of the crops (left-right
-flip — side carries no label information —, small affine, intensity scale/shift,
-noise), modality dropout inside the network, early stopping on the
-validation AUC of Output 1, the best epoch's weights kept. Before the first
-epoch the linear path is fitted as a logistic regression on the training
-cases (:func:`_warm_start_linear`), on size/texture values measured once on
-the crops before augmentation (:func:`_summaries`); by default it then stays
+loss (n_negative / n_positive), MONAI augmentation of the crops
+(:mod:`ai_core.model.augment`), modality dropout inside the network, early
+stopping on the validation AUC of Output 1, the best epoch's weights kept.
+Before the first epoch the linear path is fitted as a logistic regression on
+the training cases, on size/texture values measured once on the crops before
+augmentation (:mod:`ai_core.model.warm_start`); by default it then stays
 frozen and the attention path's logits carry an L2 penalty, so that the
 Transformer learns a shrunken correction to the regression. Seeds make a run
 reproducible on the same device.
@@ -15,7 +14,6 @@ reproducible on the same device.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -27,8 +25,11 @@ from typing import Any
 import numpy as np
 
 from ai_core.errors import EvaluationError, ModelError
+from ai_core.model.augment import augmenter
 from ai_core.model.data import CaseTable, batch_tensors, standardised_radiomics
-from ai_core.radiomics_features import RadiomicsStandardiser
+from ai_core.model.run_record import progress_bar, save_checkpoint
+from ai_core.model.warm_start import parameter_groups, training_summaries, warm_start_linear
+from ai_core.radiomics_standardiser import RadiomicsStandardiser
 
 log = logging.getLogger(__name__)
 
@@ -120,143 +121,37 @@ def stratified_split(
     return np.array(sorted(keep)), np.array(sorted(hold))
 
 
-def _augmenter(seed: int) -> Callable[[np.ndarray], np.ndarray]:
-    from monai.transforms import (
-        RandAffine,
-        RandFlip,
-        RandGaussianNoise,
-        RandScaleIntensity,
-        RandShiftIntensity,
-    )
+@dataclass(eq=False)
+class _Run:
+    """One run's network, optimiser and the inputs fixed before the first epoch."""
 
-    flip = RandFlip(prob=0.5, spatial_axis=2)  # crop axes are [z, y, x]; x = right-left
-    affine = RandAffine(
-        prob=0.5,
-        rotate_range=(0.15, 0.15, 0.15),
-        scale_range=(0.08, 0.08, 0.08),
-        translate_range=(3, 3, 3),
-        padding_mode="zeros",
-        mode="bilinear",
-    )
-    scale = RandScaleIntensity(factors=0.1, prob=0.5)
-    shift = RandShiftIntensity(offsets=0.03, prob=0.5)
-    noise = RandGaussianNoise(prob=0.2, std=0.008)
-    for i, t in enumerate((flip, affine, scale, shift, noise)):
-        t.set_random_state(seed=seed + i)
-
-    def apply(crop: np.ndarray) -> np.ndarray:
-        import torch
-
-        out = np.asarray(flip(torch.as_tensor(crop)))
-        out = np.asarray(affine(torch.as_tensor(out)))
-        out[1] = (out[1] >= 0.5).astype(np.float32)
-        t1c = out[:1]
-        t1c = np.asarray(noise(np.asarray(shift(np.asarray(scale(torch.as_tensor(t1c)))))))
-        out[:1] = t1c
-        return out.astype(np.float32)
-
-    return apply
+    config: Any
+    model: Any
+    kept: Any  # what is validated and kept: the model, or its moving average
+    ema: Any
+    optimiser: Any
+    device: Any
+    pos_weight: float
+    summary: Any  # size/texture values of the training crops
+    rad_z: np.ndarray
+    rad_known: np.ndarray
+    val_z: np.ndarray
+    val_known: np.ndarray
+    augment: Callable[[np.ndarray], np.ndarray] | None
 
 
-def _summaries(train: CaseTable, config: Any, device: Any) -> Any:
-    """The size/texture values of every training crop as acquired: [N, n_summary_tokens].
+@dataclass(eq=False)
+class _Best:
+    """The best epoch so far: highest validation AUC, then lowest validation loss."""
 
-    Measured once, before augmentation: the affine augmentation resamples the
-    crop, which smooths the texture the values measure (a systematic shift,
-    not the variation between scanners), and at inference the crop is never
-    augmented.
-    """
-    import torch
+    val_probs: np.ndarray
+    score: tuple[float, float] = (-math.inf, math.inf)
+    epoch: int = 0
+    state: dict[str, Any] = field(default_factory=dict)
 
-    from ai_core.model.blocks import summary_values
-
-    out = []
-    with torch.no_grad():
-        for b in range(0, len(train), 16):
-            image = torch.as_tensor(train.crops[b : b + 16], dtype=torch.float32, device=device)
-            out.append(summary_values(image, config))
-    return torch.cat(out)
-
-
-#: L2 penalty of the linear path's warm start (per weight, on the mean log-loss).
-WARM_START_L2 = 1e-3
-
-
-def _warm_start_linear(
-    model: Any, train: CaseTable, summary: Any, pos_weight: float, device: Any
-) -> None:
-    """Fit the linear path and the heads' biases as a logistic regression first.
-
-    The Transformer then starts from the logistic regression on the size and
-    texture values and the characteristics (each head's bias its intercept)
-    and learns what it adds: the heads' weights are zeroed, so before the first
-    step every output is exactly the regression's. From zero, the linear path
-    needed more epochs than early stopping on a small validation split allows (measured: its
-    weights stayed at a third of the regression's). L-BFGS on the same loss
-    (class-weighted, the cascade's head weights), a small L2 penalty; no-op
-    without ``linear_skip``.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if model.linear is None:
-        return
-    chars = torch.as_tensor(train.characteristics, device=device)
-    known = torch.as_tensor(train.characteristics_known, device=device)
-    y = torch.as_tensor(train.labels, dtype=torch.float32, device=device)
-    on = torch.ones(len(train.labels), 3, device=device)
-    linear = model.linear
-    with torch.no_grad():  # centre the MRI values: an absent MRI then reads as an average one
-        linear.image_centre.copy_(model.linear_input(summary).mean(dim=0))
-    biases = [head[1].bias for head in model.heads]
-    weights = list(linear.parameters())
-    params = weights + biases
-    head_weights = model.config.loss_weights
-    pw = torch.tensor(pos_weight, device=device)
-    lbfgs = torch.optim.LBFGS(params, lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> Any:
-        lbfgs.zero_grad()
-        terms = model.linear_terms(summary, chars, known, on)
-        loss = sum(
-            w * F.binary_cross_entropy_with_logits(b + t, y, pos_weight=pw)
-            for w, b, t in zip(head_weights, biases, terms, strict=True)
-        )
-        loss = loss + WARM_START_L2 * sum((p**2).sum() for p in weights)
-        loss.backward()
-        return loss
-
-    lbfgs.step(closure)
-    for p in params:
-        p.grad = None
-    with torch.no_grad():  # an unknown characteristic reads as the average known one
-        v = torch.where(known, chars, torch.zeros_like(chars))
-        term = v * linear.char_weight + linear.char_known_bias
-        n = known.sum(dim=0).clamp(min=1)
-        mean = torch.where(known, term, torch.zeros_like(term)).sum(dim=0) / n
-        linear.char_unknown_bias.copy_(torch.where(known.any(dim=0), mean, torch.zeros_like(mean)))
-        for head in model.heads:  # the attention path starts as a no-op on top of the regression
-            head[1].weight.zero_()
-    log.info(
-        "linear path warm start: MRI weights %s, characteristic weights %s",
-        [round(float(v), 2) for v in linear.image_weight.detach()],
-        [round(float(v), 2) for v in linear.char_weight.detach()],
-    )
-
-
-def _parameter_groups(model: Any, lr: float, linear_lr_mult: float) -> list[dict[str, Any]]:
-    """AdamW groups: the Transformer at ``lr``, the linear path at ``lr * linear_lr_mult``
-    (a multiple of 0 freezes it: its weights then take no gradient at all)."""
-    linear = [] if model.linear is None else list(model.linear.parameters())
-    ids = {id(p) for p in linear}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    groups: list[dict[str, Any]] = [{"params": rest, "lr": lr}]
-    if linear and linear_lr_mult > 0:
-        groups.append({"params": linear, "lr": lr * linear_lr_mult})
-    else:
-        for p in linear:
-            p.requires_grad_(False)
-    return groups
+    def improved_by(self, score: tuple[float, float]) -> bool:
+        auc, loss = score
+        return auc > self.score[0] or (auc == self.score[0] and loss < self.score[1])
 
 
 def train_run(
@@ -273,71 +168,22 @@ def train_run(
     import torch
 
     from ai_core.evaluation.metrics import roc_auc
-    from ai_core.model.network import CascadedMixingTransformer, cascade_loss
 
     if len(np.unique(train.labels)) < 2:
         raise EvaluationError("the training cases contain one class only; add cases of the other")
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    device = torch.device(settings.device)
-    model = CascadedMixingTransformer(config).to(device)
-    n_pos = int(train.labels.sum())
-    pos_weight = (len(train) - n_pos) / max(n_pos, 1)
-    summary = _summaries(train, config, device)
-    _warm_start_linear(model, train, summary, pos_weight, device)
-    ema = None
-    if settings.ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(
-            model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True
-        )
-    kept = model if ema is None else ema.module
-    optimiser = torch.optim.AdamW(
-        _parameter_groups(model, settings.learning_rate, settings.linear_lr_mult),
-        weight_decay=settings.weight_decay,
-    )
-    rad_z, rad_known = standardised_radiomics(train, standardiser)
-    val_z, val_known = standardised_radiomics(val, standardiser)
-    augment = _augmenter(settings.seed) if settings.augment else None
+    run = _start_run(config, train, val, standardiser, settings)
     history: list[dict[str, float]] = []
-    best = (-math.inf, math.inf)  # (val AUC, val loss)
-    best_state: dict[str, Any] = {}
-    best_epoch = 0
-    best_val = np.zeros(len(val))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=settings.epochs, desc="training", unit="epoch")
+    best = _Best(val_probs=np.zeros(len(val)))
+    bar = progress_bar(progress, settings.epochs)
     try:
         for epoch in range(1, settings.epochs + 1):
-            model.train()
-            order = rng.permutation(len(train))
-            losses = []
-            for b in range(0, len(order), settings.batch_size):
-                idx = order[b : b + settings.batch_size]
-                if len(idx) < 2:
-                    continue
-                crops = None
-                if augment is not None:
-                    crops = np.stack([augment(train.crops[i].astype(np.float32)) for i in idx])
-                batch = batch_tensors(train, idx, rad_z, rad_known, crops=crops, device=device)
-                batch["summary"] = summary[torch.as_tensor(idx, device=device)]
-                target = torch.as_tensor(train.labels[idx], dtype=torch.float32, device=device)
-                out = model(**batch)
-                loss, _ = cascade_loss(out, target, config.loss_weights, pos_weight=pos_weight)
-                if settings.residual_l2 > 0 and model.linear is not None:
-                    loss = loss + settings.residual_l2 * out.attention_logits.pow(2).mean()
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                optimiser.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                losses.append(float(loss.detach()))
-            val_probs, val_loss = _evaluate(kept, val, val_z, val_known, config, pos_weight, device)
+            losses = _train_epoch(run, train, rng.permutation(len(train)), settings)
+            val_probs, val_loss = _evaluate(
+                run.kept, val, run.val_z, run.val_known, config, run.pos_weight, run.device
+            )
             val_auc = roc_auc(val.labels, val_probs)
             row = {
                 "epoch": float(epoch),
@@ -346,46 +192,151 @@ def train_run(
                 "val_auc": val_auc,
             }
             history.append(row)
-            score = (val_auc if math.isfinite(val_auc) else -1.0, val_loss)
-            if score[0] > best[0] or (score[0] == best[0] and score[1] < best[1]):
-                best = score
-                best_epoch = epoch
-                best_val = val_probs
-                best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
-                if checkpoint_dir is not None:
-                    _checkpoint(checkpoint_dir / "best.pt", best_state, row)
-            if checkpoint_dir is not None:
-                _checkpoint(checkpoint_dir / "last.pt", kept.state_dict(), row)
-            if bar is not None:
-                bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{val_auc:.3f}")
-                bar.update(1)
-            else:  # no bar (a log file, a service): one line per epoch instead
+            _keep_if_best(best, epoch, row, val_probs, run.kept, checkpoint_dir)
+            _report_epoch(bar, epoch, settings.epochs, row)
+            if epoch >= settings.min_epochs and epoch - best.epoch >= settings.patience:
                 log.info(
-                    "epoch %d/%d: train loss %.3f, validation loss %.3f, AUC %.3f",
-                    epoch,
-                    settings.epochs,
-                    row["train_loss"],
-                    val_loss,
-                    val_auc,
+                    "early stop at epoch %d (best %d, AUC %.3f)", epoch, best.epoch, best.score[0]
                 )
-            if epoch >= settings.min_epochs and epoch - best_epoch >= settings.patience:
-                log.info("early stop at epoch %d (best %d, AUC %.3f)", epoch, best_epoch, best[0])
                 break
     finally:
         if bar is not None:
             bar.close()
     return RunResult(
-        best_state, history, best_epoch, best[0], best_val, val.labels, time.perf_counter() - start
+        best.state,
+        history,
+        best.epoch,
+        best.score[0],
+        best.val_probs,
+        val.labels,
+        time.perf_counter() - start,
     )
 
 
-def _checkpoint(path: Path, state: dict[str, Any], row: dict[str, float]) -> None:
+def _start_run(
+    config: Any,
+    train: CaseTable,
+    val: CaseTable,
+    standardiser: RadiomicsStandardiser,
+    settings: TrainSettings,
+) -> _Run:
+    """The network warm-started on ``train``, its optimiser, and the standardised radiomics."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": state, "epoch": row}, tmp)
-    tmp.replace(path)
+    from ai_core.model.network import CascadedMixingTransformer
+
+    device = torch.device(settings.device)
+    model = CascadedMixingTransformer(config).to(device)
+    n_pos = int(train.labels.sum())
+    pos_weight = (len(train) - n_pos) / max(n_pos, 1)
+    summary = training_summaries(train, config, device)
+    warm_start_linear(model, train, summary, pos_weight, device)
+    ema = None
+    if settings.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True
+        )
+    optimiser = torch.optim.AdamW(
+        parameter_groups(model, settings.learning_rate, settings.linear_lr_mult),
+        weight_decay=settings.weight_decay,
+    )
+    rad_z, rad_known = standardised_radiomics(train, standardiser)
+    val_z, val_known = standardised_radiomics(val, standardiser)
+    return _Run(
+        config=config,
+        model=model,
+        kept=model if ema is None else ema.module,
+        ema=ema,
+        optimiser=optimiser,
+        device=device,
+        pos_weight=pos_weight,
+        summary=summary,
+        rad_z=rad_z,
+        rad_known=rad_known,
+        val_z=val_z,
+        val_known=val_known,
+        augment=augmenter(settings.seed) if settings.augment else None,
+    )
+
+
+def _train_epoch(
+    run: _Run, train: CaseTable, order: np.ndarray, settings: TrainSettings
+) -> list[float]:
+    """One pass over ``train`` in ``order``; the loss of each batch (batches of one skipped)."""
+    run.model.train()
+    losses = []
+    for b in range(0, len(order), settings.batch_size):
+        idx = order[b : b + settings.batch_size]
+        if len(idx) < 2:
+            continue
+        losses.append(_train_step(run, train, idx, settings.residual_l2))
+    return losses
+
+
+def _train_step(run: _Run, train: CaseTable, idx: np.ndarray, residual_l2: float) -> float:
+    """One optimiser step on the rows ``idx`` (augmented when on); returns the batch loss."""
+    import torch
+
+    from ai_core.model.network import cascade_loss
+
+    device = run.device
+    crops = None
+    if run.augment is not None:
+        crops = np.stack([run.augment(train.crops[i].astype(np.float32)) for i in idx])
+    batch = batch_tensors(train, idx, run.rad_z, run.rad_known, crops=crops, device=device)
+    batch["summary"] = run.summary[torch.as_tensor(idx, device=device)]
+    target = torch.as_tensor(train.labels[idx], dtype=torch.float32, device=device)
+    out = run.model(**batch)
+    loss, _ = cascade_loss(out, target, run.config.loss_weights, pos_weight=run.pos_weight)
+    if residual_l2 > 0 and run.model.linear is not None:
+        loss = loss + residual_l2 * out.attention_logits.pow(2).mean()
+    run.optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), 5.0)
+    run.optimiser.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.model)
+    return float(loss.detach())
+
+
+def _keep_if_best(
+    best: _Best,
+    epoch: int,
+    row: dict[str, float],
+    val_probs: np.ndarray,
+    kept: Any,
+    checkpoint_dir: Path | None,
+) -> None:
+    """Keep the epoch's weights when it is the best so far; write the checkpoints."""
+    val_auc = row["val_auc"]
+    score = (val_auc if math.isfinite(val_auc) else -1.0, row["val_loss"])
+    if best.improved_by(score):
+        best.score = score
+        best.epoch = epoch
+        best.val_probs = val_probs
+        best.state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir / "best.pt", best.state, row)
+    if checkpoint_dir is not None:
+        save_checkpoint(checkpoint_dir / "last.pt", kept.state_dict(), row)
+
+
+def _report_epoch(bar: Any, epoch: int, epochs: int, row: dict[str, float]) -> None:
+    """The epoch on the progress bar; without one (a log file, a service), one log line."""
+    if bar is not None:
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{row['val_auc']:.3f}")
+        bar.update(1)
+        return
+    log.info(
+        "epoch %d/%d: train loss %.3f, validation loss %.3f, AUC %.3f",
+        epoch,
+        epochs,
+        row["train_loss"],
+        row["val_loss"],
+        row["val_auc"],
+    )
 
 
 def _evaluate(
@@ -439,12 +390,3 @@ def predict_table(
             out1.append(torch.sigmoid(out.output1).cpu().numpy())
             out2.append(torch.sigmoid(out.output2).cpu().numpy())
     return {"output1": np.concatenate(out1), "output2": np.concatenate(out2)}
-
-
-def write_history(history: list[dict[str, float]], out_dir: Path, title: str) -> Path:
-    """history.json and training_curve.png in ``out_dir``; returns the PNG."""
-    from ai_core.evaluation.plots import plot_training_curve
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
-    return plot_training_curve(history, out_dir / "training_curve.png", title=title)
