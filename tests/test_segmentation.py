@@ -188,14 +188,42 @@ def test_postprocess_abstains_when_no_candidate_is_plausible() -> None:
     assert "outside the intracranial space" in result.reason
 
 
+def test_postprocess_rejects_a_candidate_that_does_not_enhance() -> None:
+    """The pons or a gyrus is as bright as white matter; a meningioma is brighter on T1C."""
+    prob, small = _two_blobs()
+    big = (prob > 0.5) & (small == 0)
+    rng = np.random.default_rng(0)
+    image = rng.normal(150.0, 5.0, prob.shape).astype(np.float32)  # brain, about white matter
+    image[small > 0] = 210.0  # the enhancing tumour
+    image[big] = 152.0  # iso-intense to white matter
+    intracranial = np.ones_like(prob)
+    params = PostprocessParams(select="confidence", min_confidence=0.6, min_enhancement=1.15)
+    both = postprocess(prob, SPACING_1MM, params, intracranial=intracranial, image=image)
+    assert both.status == STATUS_OK and np.array_equal(both.mask, small)
+    # the confident one iso-intense too: nothing is left, and the reason says why
+    image[small > 0] = 155.0
+    prob = np.where(big, 0.97, prob).astype(np.float32)
+    none = postprocess(prob, SPACING_1MM, params, intracranial=intracranial, image=image)
+    assert none.status == STATUS_NOT_ASSESSABLE
+    assert none.reason.count("does not enhance") == 2, none.reason
+    assert all(0.95 < c["enhancement"] < 1.1 for c in none.candidates)
+    # without the image (or with the rule off) the rule does not apply
+    assert postprocess(prob, SPACING_1MM, params, intracranial=intracranial).status == STATUS_OK
+    off = PostprocessParams(select="confidence", min_confidence=0.6)
+    kept = postprocess(prob, SPACING_1MM, off, intracranial=intracranial, image=image)
+    assert kept.status == STATUS_OK
+    assert all(c["enhancement"] is None for c in kept.candidates)
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
         ("select", "biggest", "select must be one of"),
         ("min_confidence", 1.5, "min_confidence must be in"),
         ("min_intracranial", -0.1, "min_intracranial must be in"),
+        ("min_enhancement", -1.0, "min_enhancement must not be negative"),
     ],
-    ids=["select", "confidence", "intracranial"],
+    ids=["select", "confidence", "intracranial", "enhancement"],
 )
 def test_postprocess_params_validate_the_candidate_rules(
     key: str, value: object, message: str

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ai_core.segmentation.dura import dural_distance
 from ai_core.segmentation.labelmaps import INTRACRANIAL, TUMOUR_CODES, LabelMap, SegLabel
 from ai_core.segmentation.synthesis import SynthesisParams, synthesise
-from ai_core.segmentation.unet import dural_distance
 from ai_core.synth.anatomy import Label
 
 

@@ -43,7 +43,8 @@ ARCHITECTURES = {
         activation="sigmoid",
     ),
 }
-#: Post-processing of the 0.2 models: the most confident intracranial candidate.
+#: Post-processing of the 0.2 models: the most confident intracranial, dural-based, enhancing
+#: candidate (thresholds chosen on the validation cohort, docs/segmentation.md).
 POSTPROCESS = PostprocessParams(
     threshold=0.5,
     min_component_ml=0.05,
@@ -53,6 +54,7 @@ POSTPROCESS = PostprocessParams(
     confidence_quantile=0.9,
     min_intracranial=0.5,
     max_dural_distance_mm=8.0,
+    min_enhancement=1.15,
 )
 #: Head statistics of preprocessed synthetic T1C studies (40 studies, cohort seed 101,
 #: measured for model 0.1.0); the preprocessing has not changed since.

@@ -10,10 +10,15 @@ Rules, in order:
    it) and, when the network also predicts the intracranial compartment, its
    intracranial share (mean intracranial probability over it) and its
    distance to the dura (the nearest of its voxels to the inner surface of
-   the skull or to the falx, when the backend gives that map). A candidate
-   outside the intracranial space (share < ``min_intracranial``), away from
-   the dura (> ``max_dural_distance_mm``: a meningioma is dural-based) or
-   below ``min_confidence`` is rejected, with the reason;
+   the skull or to the falx, when the backend gives that map) and its
+   enhancement (the median image intensity inside it over the 75th
+   percentile of the rest of the intracranial space, about white matter,
+   when the image is given). A candidate outside the intracranial space
+   (share < ``min_intracranial``), away from the dura
+   (> ``max_dural_distance_mm``: a meningioma is dural-based), not brighter
+   than white matter on the contrast-enhanced image (< ``min_enhancement``:
+   a meningioma enhances avidly; the pons or a gyrus does not) or below
+   ``min_confidence`` is rejected, with the reason;
 4. choose among the rest by ``select``: ``"confidence"`` (models 0.2+: the
    most confident candidate, ties by volume — a meningioma is one lesion, and
    the biggest bright blob is not the likeliest one) or ``"largest"``
@@ -59,6 +64,7 @@ class PostprocessParams:
     confidence_quantile: float = 0.9  # of the tumour probability inside a candidate
     min_intracranial: float = 0.0  # a candidate's mean intracranial probability
     max_dural_distance_mm: float = 0.0  # nearest dura farther than this: rejected (0: off)
+    min_enhancement: float = 0.0  # candidate median / intracranial 75th percentile (0: off)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -71,6 +77,10 @@ class PostprocessParams:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.min_enhancement < 0:
+            raise ValueError(
+                f"min_enhancement must not be negative (0 = off), got {self.min_enhancement}"
+            )
         if self.max_dural_distance_mm < 0:
             raise ValueError(
                 f"max_dural_distance_mm must not be negative (0 = off), got "
@@ -102,11 +112,14 @@ def postprocess(
     *,
     intracranial: np.ndarray | None = None,
     dural_distance_mm: np.ndarray | None = None,
+    image: np.ndarray | None = None,
 ) -> Postprocessed:
     """Apply the module's rules; ``spacing`` is ``(x, y, z)`` mm.
 
     ``intracranial`` (same grid, probability) enables the intracranial rule,
-    ``dural_distance_mm`` (same grid, mm to the nearest dura) the dural rule.
+    ``dural_distance_mm`` (same grid, mm to the nearest dura) the dural rule,
+    ``image`` (same grid, the network's input) with ``intracranial`` the
+    enhancement rule.
     """
     params = params or PostprocessParams()
     data = np.asarray(probability_or_mask)
@@ -125,7 +138,13 @@ def postprocess(
             f"{sizes.max() * voxel_ml:.3f} mL < {params.min_component_ml} mL)",
             0,
         )
-    maps = CandidateMaps(data if is_prob else None, intracranial, dural_distance_mm)
+    maps = CandidateMaps(
+        data if is_prob else None,
+        intracranial,
+        dural_distance_mm,
+        _brain_level(image, intracranial, binary, params),
+        image,
+    )
     candidates = _weigh(labels, big, sizes, voxel_ml, maps, params)
     passing = [c for c in candidates if c["rejected"] is None]
     if not passing:
@@ -167,6 +186,23 @@ class CandidateMaps:
     probability: np.ndarray | None
     intracranial: np.ndarray | None
     dural_distance_mm: np.ndarray | None
+    brain_level: float | None = None  # 75th percentile of the intracranial non-candidate image
+    image: np.ndarray | None = None
+
+
+def _brain_level(
+    image: np.ndarray | None,
+    intracranial: np.ndarray | None,
+    candidates: np.ndarray,
+    params: PostprocessParams,
+) -> float | None:
+    """About white matter: the 75th percentile of the intracranial image outside the candidates."""
+    if image is None or intracranial is None or not params.min_enhancement:
+        return None
+    brain = (intracranial >= 0.5) & ~candidates
+    if int(brain.sum()) < 1000:
+        return None
+    return float(np.percentile(image[brain], 75))
 
 
 def _weigh(
@@ -191,6 +227,9 @@ def _weigh(
         dural = None
         if maps.dural_distance_mm is not None:
             dural = float(maps.dural_distance_mm[box][inside].min())
+        enhancement = None
+        if maps.image is not None and maps.brain_level:
+            enhancement = float(np.median(maps.image[box][inside])) / maps.brain_level
         out.append(
             {
                 "label": int(label),
@@ -198,7 +237,8 @@ def _weigh(
                 "confidence": confidence,
                 "intracranial": share,
                 "dural_distance_mm": dural,
-                "rejected": _rejection(confidence, share, dural, params),
+                "enhancement": enhancement,
+                "rejected": _rejection(confidence, share, dural, enhancement, params),
                 "chosen": False,
             }
         )
@@ -206,7 +246,11 @@ def _weigh(
 
 
 def _rejection(
-    confidence: float, share: float | None, dural: float | None, params: PostprocessParams
+    confidence: float,
+    share: float | None,
+    dural: float | None,
+    enhancement: float | None,
+    params: PostprocessParams,
 ) -> str | None:
     """The first rule a candidate fails, in words, or None."""
     if share is not None and share < params.min_intracranial:
@@ -214,6 +258,11 @@ def _rejection(
     limit = params.max_dural_distance_mm
     if dural is not None and limit and dural > limit:
         return f"not dural-based (nearest dura {dural:.0f} mm > {limit:g} mm)"
+    if enhancement is not None and enhancement < params.min_enhancement:
+        return (
+            f"does not enhance (median {enhancement:.2f} x white matter < "
+            f"{params.min_enhancement:g})"
+        )
     if confidence < params.min_confidence:
         return f"low confidence ({confidence:.2f} < {params.min_confidence})"
     return None
@@ -228,7 +277,7 @@ def _choose(passing: list[dict[str, Any]], params: PostprocessParams) -> dict[st
 def _public(candidate: dict[str, Any]) -> dict[str, Any]:
     """A JSON-safe copy without the internal component label."""
     out = {k: v for k, v in candidate.items() if k != "label"}
-    for key in ("volume_ml", "confidence", "intracranial", "dural_distance_mm"):
+    for key in ("volume_ml", "confidence", "intracranial", "dural_distance_mm", "enhancement"):
         if out[key] is not None:
             out[key] = round(float(out[key]), 4)
     return out

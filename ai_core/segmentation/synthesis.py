@@ -49,6 +49,9 @@ class SynthesisParams:
     bias: float = 0.15  # what N4 leaves of a bias field
     gamma_sd: float = 0.15
     noise: tuple[float, float] = (0.0, 0.05)
+    #: realistic samples: the enhancing tumour relative to white matter (a meningioma enhances
+    #: avidly on T1C; the renderer's is 1.22)
+    tumour_contrast: tuple[float, float] = (0.9, 1.6)
 
     def __post_init__(self) -> None:
         if self.crop < 16 or self.crop % 8:
@@ -63,9 +66,12 @@ class SynthesisParams:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+        low, high = self.tumour_contrast
+        if not 0.0 < low <= high:
+            raise ValueError(f"tumour_contrast must be 0 < low <= high, got {self.tumour_contrast}")
 
 
-def _realistic_means(rng: np.random.Generator) -> np.ndarray:
+def _realistic_means(rng: np.random.Generator, contrast: tuple[float, float]) -> np.ndarray:
     """The generator's T1C table, each tissue jittered ±25 %, lesion drawn in plausible ranges."""
     from ai_core.synth.contrast import BRAIN_CURVES, label_table
 
@@ -77,7 +83,7 @@ def _realistic_means(rng: np.random.Generator) -> np.ndarray:
     means[SegLabel.BRAIN_CSF] = curve[1] * rng.uniform(0.6, 1.6)
     means[SegLabel.WHITE] = 1.0
     means[SegLabel.GREY] = rng.uniform(0.5, 0.8)
-    tumour = rng.uniform(0.9, 1.6)
+    tumour = rng.uniform(*contrast)
     means[SegLabel.TUMOUR] = tumour
     means[SegLabel.CAPSULE] = tumour * rng.uniform(1.0, 1.3)
     means[SegLabel.NECROSIS] = rng.uniform(0.1, 0.5)
@@ -104,9 +110,11 @@ def _brain_curve(rng: np.random.Generator, realistic: bool) -> tuple[np.ndarray,
     return xp, fp
 
 
-def _appearance(rng: np.random.Generator, realistic: bool) -> tuple[np.ndarray, np.ndarray]:
+def _appearance(
+    rng: np.random.Generator, realistic: bool, params: SynthesisParams
+) -> tuple[np.ndarray, np.ndarray]:
     if realistic:
-        means = _realistic_means(rng)
+        means = _realistic_means(rng, params.tumour_contrast)
         spread = rng.uniform(0.0, 0.05, N_CODES).astype(np.float32)
     else:
         means = rng.uniform(0.0, 1.0, N_CODES).astype(np.float32)
@@ -234,7 +242,7 @@ def synthesise(
     labels = np.ascontiguousarray(labels.transpose(2, 1, 0)[:, ::-1, ::-1])
     t1 = np.ascontiguousarray(t1.transpose(2, 1, 0)[:, ::-1, ::-1]).astype(np.float32)
     realistic = bool(rng.random() < params.p_realistic)
-    means, spread = _appearance(rng, realistic)
+    means, spread = _appearance(rng, realistic, params)
     image = means[labels] + spread[labels] * rng.standard_normal(labels.shape, dtype=np.float32)
     brain = np.isin(labels, BRAIN_CODES)
     xp, fp = _brain_curve(rng, realistic)

@@ -272,6 +272,14 @@ def _cohort_seed(cohort: Path) -> int | None:
         return None
 
 
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"expected LOW,HIGH (two numbers), got {text!r}") from None
+    return low, high
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ai_core.segmentation.train", description=__doc__.split("\n")[0]
@@ -309,6 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=s.p_brain_centre,
         help=f"share of crops centred in the lower brain: hard negatives ({s.p_brain_centre})",
     )
+    parser.add_argument(
+        "--tumour-contrast",
+        default=",".join(str(v) for v in s.tumour_contrast),
+        help="realistic samples: tumour / white matter intensity range, LOW,HIGH "
+        f"({s.tumour_contrast[0]},{s.tumour_contrast[1]})",
+    )
     parser.add_argument("--holdout", type=Path, help="ki67node synth cohort for held-out Dice")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -332,7 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         learning_rate=args.learning_rate,
     )
     synthesis = replace(
-        s, crop=args.crop, p_realistic=args.p_realistic, p_brain_centre=args.p_brain_centre
+        s,
+        crop=args.crop,
+        p_realistic=args.p_realistic,
+        p_brain_centre=args.p_brain_centre,
+        tumour_contrast=_pair(args.tumour_contrast),
     )
     meta = train(args.out, params, resume=args.resume, synthesis=synthesis)
     if args.holdout:

@@ -9,9 +9,10 @@ named there. :func:`load_unet_model` reads it; :class:`UNetBackend` runs it:
    intensity distribution: out of distribution → ``not_assessable``;
 2. reorient to the nearest axial LPS (axis permutation and flips only);
 3. resample to the working spacing (area average), scale by ``input_scale``;
-4. ``sliding_window_inference`` (Gaussian blending), softmax;
-5. upsample the tumour probability back (trilinear), undo the reorientation;
-6. :func:`ai_core.segmentation.postprocess.postprocess`.
+4. ``sliding_window_inference`` (Gaussian blending); softmax (0.1: tumour) or
+   sigmoids (0.2: tumour, intracranial, and from it the distance to the dura);
+5. upsample the maps back (trilinear), undo the reorientation;
+6. :func:`ai_core.segmentation.postprocess.postprocess` (with the image).
 
 torch and MONAI are imported inside functions: importing this module is cheap.
 """
@@ -34,6 +35,7 @@ from ai_core.segmentation.base import (
     SegmentationResult,
     check_image,
 )
+from ai_core.segmentation.dura import dural_distance
 from ai_core.segmentation.postprocess import (
     IntensityReference,
     PostprocessParams,
@@ -50,7 +52,6 @@ BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "segmen
 MODEL_JSON = "model.json"
 BACKEND_NAME = "ki67node-unet"
 TUMOUR_CHANNEL = 1
-
 
 ACTIVATIONS = ("softmax", "sigmoid")
 #: What each output channel means, per activation.
@@ -234,41 +235,6 @@ def to_working(
     return resample_to(canonical, target, mode="area"), reorient
 
 
-def dural_distance(intracranial: np.ndarray, spacing_mm: float) -> np.ndarray:
-    """Distance (mm) of every intracranial voxel to the nearest dura; 0 outside.
-
-    ``intracranial`` is a boolean canonical (axial LPS ``[z, y, x]``) mask.
-    The dura is the compartment's surface (the inner table, the skull base)
-    and the falx, taken as the mid-sagittal plane fitted through the centres
-    of the compartment's left-right extent, row by row (so a tilted or turned
-    head keeps its falx), above the compartment's centre (the falx hangs
-    from the vault; the brainstem below is midline too). Tentorium and ventricles are not dura here: a
-    lesion attached only to them is not dural-based by this rule.
-    """
-    from scipy import ndimage as ndi
-
-    mask = np.asarray(intracranial, dtype=bool)
-    if not mask.any():
-        return np.zeros(mask.shape, dtype=np.float32)
-    surface = ndi.distance_transform_edt(mask) * spacing_mm
-    count = mask.sum(axis=2)
-    xs = np.arange(mask.shape[2], dtype=np.float64)
-    centre = (mask * xs).sum(axis=2) / np.maximum(count, 1)
-    wide = count * spacing_mm >= 60.0  # rows that cross both hemispheres
-    if wide.sum() < 3:
-        return surface.astype(np.float32)
-    z, y = np.nonzero(wide)
-    design = np.stack([np.ones(z.size), y, z], axis=1).astype(np.float64)
-    coef, *_ = np.linalg.lstsq(design, centre[wide], rcond=None)
-    zz, yy = np.indices(mask.shape[:2], dtype=np.float64)
-    plane = coef[0] + coef[1] * yy + coef[2] * zz
-    midline = np.abs(xs[None, None, :] - plane[:, :, None]) * spacing_mm
-    # the falx hangs in the upper half only: the brainstem and the sella are midline too
-    lower = zz < np.argwhere(mask)[:, 0].mean()
-    midline[lower] = np.inf
-    return np.where(mask, np.minimum(surface, midline), 0.0).astype(np.float32)
-
-
 class UNetBackend(SegmentationBackend):
     """The bundled (or a site-trained) MONAI U-Net, on CPU or CUDA."""
 
@@ -394,6 +360,7 @@ class UNetBackend(SegmentationBackend):
             self.model.postprocess,
             intracranial=intracranial,
             dural_distance_mm=dural,
+            image=image_zyx,
         )
         return SegmentationResult(
             post.mask, prob, post.status, post.reason, self.name, self.version, post.candidates
