@@ -41,7 +41,7 @@ class Destination:
     password: str = field(default="", repr=False)
 
 
-def parse_destinations(raw: Any, problems: list) -> tuple[Destination, ...]:
+def parse_destinations(raw: Any, problems: list[tuple[str, str]]) -> tuple[Destination, ...]:
     """The ``[[destinations]]`` array as records; each problem is appended as (key, message)."""
     if not isinstance(raw, list):
         problems.append(("destinations", "must be an array of tables ([[destinations]])"))
@@ -78,7 +78,9 @@ def parse_destinations(raw: Any, problems: list) -> tuple[Destination, ...]:
     return tuple(out)
 
 
-def _destination(key: str, name: str, dtype: str, item: dict, problems: list) -> Destination:
+def _destination(
+    key: str, name: str, dtype: str, item: dict[str, Any], problems: list[tuple[str, str]]
+) -> Destination:
     if dtype == "dicom":
         ae, host, port = item.get("ae_title"), item.get("host"), item.get("port")
         if not isinstance(ae, str) or not valid_ae_title(ae):

@@ -226,7 +226,7 @@ def load_settings(
     return settings
 
 
-def _build(raw: dict[str, Any], problems: list, base_dir: Path) -> Settings | None:
+def _build(raw: dict[str, Any], problems: list[tuple[str, str]], base_dir: Path) -> Settings | None:
     known = set(_SECTIONS) | {"destinations"}
     for key in raw:
         if key not in known:
@@ -243,12 +243,12 @@ def _build(raw: dict[str, Any], problems: list, base_dir: Path) -> Settings | No
     return settings
 
 
-def _check_port(key: str, port: int, problems: list) -> None:
+def _check_port(key: str, port: int, problems: list[tuple[str, str]]) -> None:
     if not 0 <= port <= 65535:
         problems.append((key, "must be 0-65535 (0 = pick a free port)"))
 
 
-def _check_bind(key: str, bind: str, problems: list) -> None:
+def _check_bind(key: str, bind: str, problems: list[tuple[str, str]]) -> None:
     try:
         ipaddress.ip_address(bind)
     except ValueError:
@@ -256,7 +256,7 @@ def _check_bind(key: str, bind: str, problems: list) -> None:
             problems.append((key, f"must be an IP address, got {bind!r}"))
 
 
-def _validate(s: Settings, problems: list) -> None:
+def _validate(s: Settings, problems: list[tuple[str, str]]) -> None:
     n = s.node
     if not valid_ae_title(n.ae_title):
         problems.append(
@@ -331,7 +331,7 @@ def _validate(s: Settings, problems: list) -> None:
         problems.append(("logging.level", "must be DEBUG, INFO, WARNING or ERROR"))
 
 
-def _validate_delivery(d: DeliverySettings, problems: list) -> None:
+def _validate_delivery(d: DeliverySettings, problems: list[tuple[str, str]]) -> None:
     if not 0 < d.poll_seconds <= 3600:
         problems.append(("delivery.poll_seconds", "must be > 0 and <= 3600"))
     if not 1 <= d.batch_size <= 1000:
@@ -362,7 +362,7 @@ _RANGES = (
 )
 
 
-def _validate_ranges(s: Settings, problems: list) -> None:
+def _validate_ranges(s: Settings, problems: list[tuple[str, str]]) -> None:
     for section, key, low, high in _RANGES:
         if not low <= getattr(getattr(s, section), key) <= high:
             problems.append((f"{section}.{key}", f"must be between {low:g} and {high:g}"))

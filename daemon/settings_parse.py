@@ -32,7 +32,10 @@ def parse_env_value(text: str) -> Any:
 
 
 def apply_env(
-    raw: dict[str, Any], env: Mapping[str, str], sections: Collection[str], problems: list
+    raw: dict[str, Any],
+    env: Mapping[str, str],
+    sections: Collection[str],
+    problems: list[tuple[str, str]],
 ) -> None:
     """``KI67NODE_<SECTION>__<KEY>`` values (TOML syntax, else text) into ``raw``."""
     for name, value in env.items():
@@ -46,7 +49,7 @@ def apply_env(
         raw.setdefault(section, {})[key] = parse_env_value(value)
 
 
-def coerce(key: str, value: Any, annotation: Any, problems: list) -> Any:
+def coerce(key: str, value: Any, annotation: Any, problems: list[tuple[str, str]]) -> Any:
     """``value`` as the field's type, else None with the problem recorded."""
     ann = str(annotation)
     if ann == "bool":
@@ -78,7 +81,7 @@ def coerce(key: str, value: Any, annotation: Any, problems: list) -> Any:
     return None
 
 
-def parse_section(name: str, cls: type, raw: Any, problems: list) -> Any:
+def parse_section(name: str, cls: type, raw: Any, problems: list[tuple[str, str]]) -> Any:
     """One TOML table as the dataclass ``cls``: unknown keys are problems, retired ones warnings."""
     if raw is None:
         return cls()

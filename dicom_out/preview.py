@@ -181,7 +181,8 @@ def _functional(group: Dataset, shared: Dataset, keyword: str) -> Dataset:
     for source in (group, shared):
         items = source.get(keyword)
         if items:
-            return items[0]
+            item: Dataset = items[0]
+            return item
     raise OutputError(f"the SEG frame has no {keyword} (per-frame or shared); it cannot be placed")
 
 
@@ -206,7 +207,8 @@ def _to_patient_axes(
 
 def _centre_mm(volume: Volume, mask: np.ndarray) -> np.ndarray:
     zyx = np.argwhere(mask).mean(axis=0)
-    return (volume.affine() @ np.array([zyx[2], zyx[1], zyx[0], 1.0]))[:3]
+    centre: np.ndarray = (volume.affine() @ np.array([zyx[2], zyx[1], zyx[0], 1.0]))[:3]
+    return centre
 
 
 _Plane = tuple[str, np.ndarray, np.ndarray, tuple[float, float], tuple[str, ...], str]

@@ -133,7 +133,8 @@ def heat_colours(values: np.ndarray) -> np.ndarray:
 def heat_alpha(values: np.ndarray, params: RenderParams) -> np.ndarray:
     """Overlay opacity: 0 up to ``heat_floor``, rising to ``heat_alpha`` at ``heat_full``."""
     ramp = (np.clip(values, 0.0, 1.0) - params.heat_floor) / (params.heat_full - params.heat_floor)
-    return np.clip(ramp, 0.0, 1.0) * params.heat_alpha
+    alpha: np.ndarray = np.clip(ramp, 0.0, 1.0) * params.heat_alpha
+    return alpha
 
 
 def draw_image(

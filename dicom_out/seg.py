@@ -150,7 +150,7 @@ def _mask(ctx: OutputContext) -> np.ndarray:
             f"no SEG: the analysis is not assessable ({analysis.reason or 'no tumour mask'}); "
             "send the SR alone, it says why"
         )
-    mask = np.asarray(analysis.mask_source) != 0
+    mask: np.ndarray = np.asarray(analysis.mask_source) != 0
     if mask.shape != ctx.volume.shape:
         raise OutputError(
             f"no SEG: the mask has shape {mask.shape} but the source volume {ctx.volume.shape}; "

@@ -37,8 +37,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.db.models import OutboxItem, utcnow
 from daemon.db.states import OutboxState
+from daemon.destinations import Destination
 from daemon.errors import JobError
-from daemon.settings import Destination, Settings
+from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,7 @@ def decodable_transfer_syntaxes() -> frozenset[str]:
     uncompressed syntax), so nothing is accepted that the worker cannot read.
     Deflate is never negotiated (an unbounded inflate would be a bomb).
     """
-    from pydicom.pixels import get_decoder
+    from pydicom.pixels.decoders.base import get_decoder
     from pydicom.uid import (
         HTJ2K,
         JPEG2000,

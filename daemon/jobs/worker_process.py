@@ -60,7 +60,7 @@ class WorkerSpec:
 def resolve_target(target: str) -> Callable[..., dict[str, Any]]:
     """``"package.module:function"`` → the function."""
     module_name, _, attr = target.partition(":")
-    func = getattr(importlib.import_module(module_name), attr)
+    func: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module_name), attr)
     if not callable(func):
         raise TypeError(f"{target} is not callable")
     return func

@@ -104,7 +104,7 @@ class DatabaseCollector(Collector):
         yield took
 
 
-def _gauge(name: str, doc: str, labels: list[str], samples: Iterable[tuple]) -> Metric:
+def _gauge(name: str, doc: str, labels: list[str], samples: Iterable[tuple[Any, ...]]) -> Metric:
     family = GaugeMetricFamily(name, doc, labels=labels)
     for *label_values, value in samples:
         family.add_metric([str(v) for v in label_values], float(value))
