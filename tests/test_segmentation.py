@@ -340,9 +340,14 @@ def test_bundled_model_is_described_small_and_loads() -> None:
     assert "research use only" in meta["notice"]
     assert meta["training"]["command"].startswith("python -m ai_core.segmentation.train")
     assert isinstance(meta["training"]["params"]["seed"], int)
-    assert meta["training"]["cohort_seed"] != meta["evaluation"]["cohort_seed"]  # held out
+    # held out: never a training head, never the cohort the post-processing was tuned on
+    assert not set(meta["training"]["heads"]) & set(meta["evaluation"]["heads"])
+    assert meta["tuning"]["cohort_seed"] != meta["evaluation"]["cohort_seed"]
+    assert not set(meta["tuning"]["heads"]) & set(meta["evaluation"]["heads"])
     assert meta["evaluation"]["cases"] >= 8
     assert 0.0 < meta["evaluation"]["dice_mean"] <= 1.0
+    assert model.architecture.activation == "sigmoid"  # tumour and intracranial outputs
+    assert model.postprocess.select == "confidence" and model.postprocess.min_enhancement > 1.0
     assert model.intensity_reference is not None
     net = UNetBackend(device="cpu").network()
     assert not net.training

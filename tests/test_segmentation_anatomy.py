@@ -51,12 +51,6 @@ def backend() -> UNetBackend:
     return UNetBackend(device="cpu")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the bundled 0.1 weights miss this 1.6 cm3 tumour on an unseen head (they abstain: "
-    "'largest lesion 0.075 mL is below the minimum'); issue 17 stays open until retrained "
-    "weights find it — then remove this marker",
-)
 def test_small_tumour_beside_the_orbital_fat_is_found_and_the_fat_is_not(
     tmp_path: Path, backend: UNetBackend
 ) -> None:

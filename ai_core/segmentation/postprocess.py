@@ -25,7 +25,9 @@ Rules, in order:
    (models 0.1.x);
 5. ``not_assessable`` when no candidate is left (reason: "no meningioma
    found" when nothing was ever a candidate, else why each was rejected) or
-   the chosen one is below ``min_lesion_ml``.
+   the chosen one is below ``min_lesion_ml`` (with ``"confidence"``, a
+   candidate below it is rejected before the choice: a tiny confident
+   vessel must not win over the tumour).
 
 Out-of-distribution input is refused before the network runs, with
 :func:`intensity_check` against the statistics of the training images.
@@ -230,15 +232,16 @@ def _weigh(
         enhancement = None
         if maps.image is not None and maps.brain_level:
             enhancement = float(np.median(maps.image[box][inside])) / maps.brain_level
+        volume_ml = float(sizes[int(label) - 1]) * voxel_ml
         out.append(
             {
                 "label": int(label),
-                "volume_ml": float(sizes[int(label) - 1]) * voxel_ml,
+                "volume_ml": volume_ml,
                 "confidence": confidence,
                 "intracranial": share,
                 "dural_distance_mm": dural,
                 "enhancement": enhancement,
-                "rejected": _rejection(confidence, share, dural, enhancement, params),
+                "rejected": _rejection(volume_ml, confidence, share, dural, enhancement, params),
                 "chosen": False,
             }
         )
@@ -246,6 +249,7 @@ def _weigh(
 
 
 def _rejection(
+    volume_ml: float,
     confidence: float,
     share: float | None,
     dural: float | None,
@@ -265,6 +269,8 @@ def _rejection(
         )
     if confidence < params.min_confidence:
         return f"low confidence ({confidence:.2f} < {params.min_confidence})"
+    if params.select == "confidence" and volume_ml < params.min_lesion_ml:
+        return f"too small ({volume_ml:.2f} mL < {params.min_lesion_ml:g} mL)"
     return None
 
 
