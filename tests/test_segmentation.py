@@ -188,6 +188,17 @@ def test_postprocess_abstains_when_no_candidate_is_plausible() -> None:
     assert "outside the intracranial space" in result.reason
 
 
+def test_postprocess_rejects_a_tiny_confident_candidate_before_choosing() -> None:
+    """A small confident candidate (a vessel) must not win over the tumour and abstain the study."""
+    prob, small = _two_blobs()  # big: 2.1 mL at 0.7; small: 0.26 mL at 0.97
+    params = PostprocessParams(select="confidence", min_confidence=0.6, min_lesion_ml=0.3)
+    result = postprocess(prob, SPACING_1MM, params)
+    assert result.status == STATUS_OK
+    assert not result.mask[small > 0].any() and result.mask.sum() > 2000
+    rejected = [c["rejected"] for c in result.candidates if c["rejected"]]
+    assert rejected == ["too small (0.26 mL < 0.3 mL)"]
+
+
 def test_postprocess_rejects_a_candidate_that_does_not_enhance() -> None:
     """The pons or a gyrus is as bright as white matter; a meningioma is brighter on T1C."""
     prob, small = _two_blobs()
