@@ -280,7 +280,7 @@ def _pair(text: str) -> tuple[float, float]:
     return low, high
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ai_core.segmentation.train", description=__doc__.split("\n")[0]
     )
@@ -324,7 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({s.tumour_contrast[0]},{s.tumour_contrast[1]})",
     )
     parser.add_argument("--holdout", type=Path, help="ki67node synth cohort for held-out Dice")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    d, s = TrainParams(), SynthesisParams()
+    args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
