@@ -239,7 +239,10 @@ def _print_report(report: dict[str, Any], out: Path) -> None:
         result = entry["result"]
         pred = result["prediction"]
         if pred is None:
-            print(f"analysed  {desc[:40]:40} not assessable: {result['reason']}")
+            reason = str(result["reason"])
+            if not reason.startswith(("not assessable", "no meningioma found")):
+                reason = f"not assessable: {reason}"
+            print(f"analysed  {desc[:40]:40} {reason}")
             continue
         m = result["analysis"]["measurements"]
         print(
