@@ -1,7 +1,7 @@
 """``ki67node evaluate``: run the protocol on a manifest and write the report.
 
-:mod:`ai_core.evaluation.protocol` holds one run of the source study's
-protocol and the summaries of many; :mod:`ai_core.evaluation.report` writes
+:mod:`lab.evaluation.protocol` holds one run of the source study's
+protocol and the summaries of many; :mod:`lab.evaluation.report` writes
 them as Markdown with plots. This module puts the two together: load the
 bundle and the feature table, repeat the runs, score the bundle as it was
 trained, write the report.
@@ -19,20 +19,20 @@ from typing import Any
 import numpy as np
 
 from ai_core.errors import EvaluationError
-from ai_core.evaluation.metrics import BinaryMetrics, binary_metrics
-from ai_core.evaluation.protocol import (
+from ai_core.model.bundle import load_bundle
+from lab.evaluation.metrics import BinaryMetrics, binary_metrics
+from lab.evaluation.protocol import (
     OUTPUT1,
     EvaluateSettings,
     EvaluationResult,
     RunScores,
     one_run,
 )
-from ai_core.evaluation.report import write_report
-from ai_core.model.bundle import load_bundle
-from ai_core.model.data import CaseTable
-from ai_core.model.feature_cache import FeatureParams
-from ai_core.model.fit import load_table
-from ai_core.model.train import predict_table
+from lab.evaluation.report import write_report
+from lab.model.data import CaseTable
+from lab.model.feature_cache import FeatureParams
+from lab.model.fit import load_table
+from lab.model.train import predict_table
 
 
 def evaluate_manifest(

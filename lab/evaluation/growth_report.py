@@ -1,9 +1,9 @@
 """``ki67node growth-analysis``: score the baselines, analyse, write ``report.md``.
 
-:mod:`ai_core.evaluation.survival_report` reads the growth manifest and
-computes every statistic; :mod:`ai_core.evaluation.survival_plots` draws the
+:mod:`lab.evaluation.survival_report` reads the growth manifest and
+computes every statistic; :mod:`lab.evaluation.survival_plots` draws the
 figures. This module runs the bundle's network on every baseline, hands the
-cohort to :func:`~ai_core.evaluation.survival_report.analyse` and writes
+cohort to :func:`~lab.evaluation.survival_report.analyse` and writes
 ``report.md``, ``results.json`` and the PNGs, with the paper's value next to
 each number (docs/growth-analysis.md).
 """
@@ -21,14 +21,15 @@ from typing import Any
 import numpy as np
 
 from ai_core.errors import EvaluationError
-from ai_core.evaluation import survival as sv
-from ai_core.evaluation.survival_plots import (
+from ai_core.model.bundle import load_bundle
+from lab.evaluation import survival as sv
+from lab.evaluation.survival_plots import (
     footer_text,
     plot_decision_curve,
     plot_km,
     plot_km_panels,
 )
-from ai_core.evaluation.survival_report import (
+from lab.evaluation.survival_report import (
     PAPER,
     PAPER_SOURCE,
     PROBABILITY,
@@ -38,11 +39,10 @@ from ai_core.evaluation.survival_report import (
     analyse,
     read_growth_manifest,
 )
-from ai_core.model.bundle import load_bundle
-from ai_core.model.data import build_table
-from ai_core.model.feature_cache import FeatureParams, extract_features
-from ai_core.model.fit import is_synthetic
-from ai_core.model.train import predict_table
+from lab.model.data import build_table
+from lab.model.feature_cache import FeatureParams, extract_features
+from lab.model.fit import is_synthetic
+from lab.model.train import predict_table
 
 
 def run_growth_analysis(

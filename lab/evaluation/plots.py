@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ai_core.errors import EvaluationError
-from ai_core.evaluation.metrics import Interval
+from lab.evaluation.metrics import Interval
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

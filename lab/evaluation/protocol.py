@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 
 from ai_core.errors import EvaluationError
-from ai_core.evaluation.metrics import (
+from lab.evaluation.metrics import (
     BinaryMetrics,
     bootstrap_metrics,
     delong_test,
     summarise_runs,
     youden_threshold,
 )
-from ai_core.model.data import MODALITY_COMBINATIONS, CaseTable, radiomics_z
-from ai_core.model.train import TrainSettings, predict_table, stratified_split, train_run
+from lab.model.data import MODALITY_COMBINATIONS, CaseTable, radiomics_z
+from lab.model.train import TrainSettings, predict_table, stratified_split, train_run
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,9 @@ def one_run(
     run: int,
 ) -> RunScores:
     """Train and score one repetition of the protocol."""
-    from ai_core.evaluation.baselines import ClinicalBaseline, RadiomicsBaseline
-    from ai_core.model.fit import fit_standardiser
     from ai_core.model.network import CascadedMixingTransformer
+    from lab.evaluation.baselines import ClinicalBaseline, RadiomicsBaseline
+    from lab.model.fit import fit_standardiser
 
     seed = settings.seed * 1000 + run
     rest_idx, test_idx = stratified_split(dev.labels, settings.test_fraction, seed)

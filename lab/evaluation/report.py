@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from ai_core.disclaimer import DISCLAIMER_SENTENCE
-from ai_core.evaluation.metrics import METRIC_NAMES, Interval, roc_auc, roc_curve_points
-from ai_core.evaluation.plots import plot_metric_intervals, plot_roc
-from ai_core.evaluation.protocol import (
+from lab.evaluation.metrics import METRIC_NAMES, Interval, roc_auc, roc_curve_points
+from lab.evaluation.plots import plot_metric_intervals, plot_roc
+from lab.evaluation.protocol import (
     BAYES,
     CLINICAL,
     COHORT_LABELS,

@@ -1,10 +1,10 @@
 """The growth analysis's figures.
 
 Kaplan-Meier curves with the at-risk table, subgroup panels and the decision
-curve; same conventions as :mod:`ai_core.evaluation.plots` (Agg canvas,
+curve; same conventions as :mod:`lab.evaluation.plots` (Agg canvas,
 150 dpi, atomic write), with a footer that says "research use only -
 synthetic data" when the cohort comes from ``ki67node synth``.
-:mod:`ai_core.evaluation.growth_report` puts them in the report.
+:mod:`lab.evaluation.growth_report` puts them in the report.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ai_core.evaluation.plots import DPI, _save
-from ai_core.evaluation.survival import DecisionCurve, KMCurve
+from lab.evaluation.plots import DPI, _save
+from lab.evaluation.survival import DecisionCurve, KMCurve
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -8,7 +8,7 @@ histology). The bundle's network scores each baseline (image pipeline with
 the feature cache, Output 1, risk group at the bundle's threshold), then
 :func:`analyse` computes Kaplan-Meier curves, log-rank tests, Cox models,
 time-dependent AUCs and the decision curve;
-:mod:`ai_core.evaluation.growth_report` runs it all and writes ``report.md``,
+:mod:`lab.evaluation.growth_report` runs it all and writes ``report.md``,
 ``results.json`` and the PNGs (docs/growth-analysis.md).
 """
 
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from ai_core.errors import AiCoreError, EvaluationError
-from ai_core.evaluation import survival as sv
-from ai_core.evaluation.survival_plots import KM_TICKS
-from ai_core.model.cases import ManifestCase
+from lab.evaluation import survival as sv
+from lab.evaluation.survival_plots import KM_TICKS
+from lab.model.cases import ManifestCase
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _flag(value: str | None, column: str, *, required: bool) -> bool | None:
 
 def read_growth_manifest(path: Path) -> list[GrowthCase]:
     """The cases of one growth manifest; errors name the file, line and column."""
-    from ai_core.model.cases import _case
+    from lab.model.cases import _case
 
     path = Path(path)
     try:

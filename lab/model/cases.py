@@ -21,7 +21,7 @@ age, sex, bayes_probability
 =====================  ==========================================================
 
 The image pipeline's result per case is cached by
-:mod:`ai_core.model.feature_cache`.
+:mod:`lab.model.feature_cache`.
 """
 
 from __future__ import annotations

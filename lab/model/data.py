@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ai_core.errors import EvaluationError
-from ai_core.model.cases import ManifestCase
-from ai_core.model.feature_cache import CaseFeatures
 from ai_core.model.inputs import CHARACTERISTICS
 from ai_core.radiomics_standardiser import RadiomicsStandardiser
+from lab.model.cases import ManifestCase
+from lab.model.feature_cache import CaseFeatures
 
 if TYPE_CHECKING:
     import torch

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from ai_core.errors import AiCoreError, EvaluationError
-from ai_core.model.cases import ManifestCase
 from ai_core.model.inputs import CropGeometry, CropParams
 from ai_core.preprocess import PreprocessParams
+from lab.model.cases import ManifestCase
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,13 @@ Development cases of the manifest (external ones are left for
 ``ki67node evaluate``) go through the image pipeline (cached), are split
 stratified into training and validation, the radiomics standardiser is
 fitted on the training part only, one run trains the Transformer
-(:mod:`ai_core.model.train`), the decision threshold is Youden's on the
+(:mod:`lab.model.train`), the decision threshold is Youden's on the
 validation part, and the bundle is written with the measured validation
 metrics, the training curve and what it was trained on.
 
 Segmentation is not trained here: the image pipeline uses the manifest's
 masks or the bundled U-Net; to train a U-Net on a site's masks run
-``python -m ai_core.segmentation.train`` (docs/segmentation.md).
+``python -m lab.segmentation.train`` (docs/segmentation.md).
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ from typing import Any
 import numpy as np
 
 from ai_core.errors import EvaluationError
-from ai_core.model.cases import read_manifests
 from ai_core.model.config import ModelConfig
-from ai_core.model.data import CaseTable, build_table
-from ai_core.model.feature_cache import FeatureParams, extract_features
 from ai_core.model.inputs import CropParams
-from ai_core.model.run_record import write_history
-from ai_core.model.train import RunResult, TrainSettings, stratified_split, train_run
 from ai_core.preprocess import PreprocessParams
 from ai_core.radiomics_features import DEFAULT_PARAMS_PATH
 from ai_core.radiomics_standardiser import RadiomicsStandardiser
+from lab.model.cases import read_manifests
+from lab.model.data import CaseTable, build_table
+from lab.model.feature_cache import FeatureParams, extract_features
+from lab.model.run_record import write_history
+from lab.model.train import RunResult, TrainSettings, stratified_split, train_run
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ def train_bundle(
     synthetic: bool | None = None,
 ) -> TrainOutcome:
     """Train on the manifest's development cases and write a bundle to ``out_dir``."""
-    from ai_core.evaluation.metrics import binary_metrics, youden_threshold
     from ai_core.model.bundle import save_bundle
+    from lab.evaluation.metrics import binary_metrics, youden_threshold
 
     settings = settings or TrainSettings()
     crop = crop or CropParams()

@@ -28,7 +28,7 @@ def save_checkpoint(path: Path, state: dict[str, Any], row: dict[str, float]) ->
 
 def write_history(history: list[dict[str, float]], out_dir: Path, title: str) -> Path:
     """history.json and training_curve.png in ``out_dir``; returns the PNG."""
-    from ai_core.evaluation.plots import plot_training_curve
+    from lab.evaluation.plots import plot_training_curve
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")

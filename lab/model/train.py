@@ -2,11 +2,11 @@
 
 One run: AdamW, class imbalance handled by the positive-class weight of the
 loss (n_negative / n_positive), MONAI augmentation of the crops
-(:mod:`ai_core.model.augment`), modality dropout inside the network, early
+(:mod:`lab.model.augment`), modality dropout inside the network, early
 stopping on the validation AUC of Output 1, the best epoch's weights kept.
 Before the first epoch the linear path is fitted as a logistic regression on
 the training cases, on size/texture values measured once on the crops before
-augmentation (:mod:`ai_core.model.warm_start`); by default it then stays
+augmentation (:mod:`lab.model.warm_start`); by default it then stays
 frozen and the attention path's logits carry an L2 penalty, so that the
 Transformer learns a shrunken correction to the regression. Seeds make a run
 reproducible on the same device.
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from ai_core.errors import EvaluationError, ModelError
-from ai_core.model.augment import augmenter
-from ai_core.model.data import CaseTable, batch_tensors, standardised_radiomics
-from ai_core.model.run_record import progress_bar, save_checkpoint
-from ai_core.model.warm_start import parameter_groups, training_summaries, warm_start_linear
 from ai_core.radiomics_standardiser import RadiomicsStandardiser
+from lab.model.augment import augmenter
+from lab.model.data import CaseTable, batch_tensors, standardised_radiomics
+from lab.model.run_record import progress_bar, save_checkpoint
+from lab.model.warm_start import parameter_groups, training_summaries, warm_start_linear
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def train_run(
     """Train one model on ``train``, early-stopped on ``val``'s Output 1 AUC."""
     import torch
 
-    from ai_core.evaluation.metrics import roc_auc
+    from lab.evaluation.metrics import roc_auc
 
     if len(np.unique(train.labels)) < 2:
         raise EvaluationError("the training cases contain one class only; add cases of the other")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ai_core.model.data import CaseTable
+from lab.model.data import CaseTable
 
 log = logging.getLogger(__name__)
 

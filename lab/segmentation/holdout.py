@@ -3,7 +3,7 @@
 Each case is read as the node reads a study (DICOM series, :func:`preprocess`
 at 1 mm), its true mask resampled onto the same grid; the backend segments it
 with its post-processing, and Dice, status and volumes are recorded. Used by
-``python -m ai_core.segmentation.train --holdout`` and the tests; the full
+``python -m lab.segmentation.train --holdout`` and the tests; the full
 benchmark by size, site, head and vendor is ``bench/segmentation``.
 """
 

@@ -2,11 +2,11 @@
 
 A *label map* is the synthetic generator's anatomy as tissue codes only, no
 intensities: the head layers, the face, orbits, sinuses, vessels, choroid
-plexus, pituitary (``ai_core.synth``'s :class:`~ai_core.synth.anatomy.Label`
+plexus, pituitary (``lab.synth``'s :class:`~lab.synth.anatomy.Label`
 codes), the brain split into CSF / grey / white matter from the MNI152
 template, and the tumour with its necrosis, capsule, edema and dural tail
 (:class:`SegLabel`). Training images are drawn from these maps with a random
-appearance per label (:mod:`ai_core.segmentation.synthesis`), so the network
+appearance per label (:mod:`lab.segmentation.synthesis`), so the network
 cannot learn what our renderer's tissues look like, only where and what shape
 they are.
 
@@ -27,7 +27,7 @@ from typing import Final
 
 import numpy as np
 
-from ai_core.synth.anatomy import (
+from lab.synth.anatomy import (
     TEMPLATE_CSF,
     TEMPLATE_GM,
     TEMPLATE_WM,
@@ -131,12 +131,12 @@ def build_label_map(
 ) -> LabelMap:
     """A random head (layers, veins) with a random tumour, or none; see the module docstring.
 
-    ``head`` is one of the generator's distinct heads (:mod:`ai_core.synth.heads`):
+    ``head`` is one of the generator's distinct heads (:mod:`lab.synth.heads`):
     its atrophy, orbital fat and layer tweaks, and its warp pulled back onto the map.
     """
-    from ai_core.synth.contrast import HeadLayers, build_labels, paint_veins
-    from ai_core.synth.head_build import head_model
-    from ai_core.synth.heads import head_variant
+    from lab.synth.contrast import HeadLayers, build_labels, paint_veins
+    from lab.synth.head_build import head_model
+    from lab.synth.heads import head_variant
 
     model = head_model(WORLD_SPACING_MM)
     variant = head_variant(head)
@@ -180,8 +180,8 @@ def _tumour(
     rng: np.random.Generator,
 ) -> list[tuple[np.ndarray, tuple[slice, ...], int]]:
     """Place a tumour with its surroundings; return (region, box, code) in paint order."""
-    from ai_core.synth.lesion import LesionSpec, apply_mass_effect, build_lesion
-    from ai_core.synth.tumour import TumourShape, place_tumour
+    from lab.synth.lesion import LesionSpec, apply_mass_effect, build_lesion
+    from lab.synth.tumour import TumourShape, place_tumour
 
     volume_mm3 = volume_cm3 * 1000.0
     radius = (3 * volume_mm3 / (4 * math.pi)) ** (1 / 3)

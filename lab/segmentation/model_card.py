@@ -1,6 +1,6 @@
 """What a 0.2 segmentation model is: its architectures, post-processing and ``model.json``.
 
-The training (:mod:`ai_core.segmentation.train`) writes a model folder whose
+The training (:mod:`lab.segmentation.train`) writes a model folder whose
 ``model.json`` :class:`~ai_core.segmentation.unet.UNetBackend` reads: the
 architecture, the inference window, the post-processing that turns the two
 probability maps into one lesion or an abstention, the intensity reference
@@ -20,8 +20,8 @@ import numpy as np
 
 from ai_core.segmentation.base import RESEARCH_ONLY
 from ai_core.segmentation.postprocess import IntensityReference, PostprocessParams
-from ai_core.segmentation.synthesis import SynthesisParams
 from ai_core.segmentation.unet import BACKEND_NAME, MODEL_JSON, UNetArchitecture
+from lab.segmentation.synthesis import SynthesisParams
 
 WEIGHTS_FILE = "unet.pt"
 MODEL_VERSION = "0.2.0"
@@ -100,10 +100,10 @@ def describe(
         "postprocess": asdict(POSTPROCESS),
         "intensity_reference": asdict(INTENSITY_REFERENCE),
         "training": {
-            "command": "python -m ai_core.segmentation.train " + shlex.join(sys.argv[1:]),
+            "command": "python -m lab.segmentation.train " + shlex.join(sys.argv[1:]),
             "data": (
                 "images synthesised on the fly from label maps with a random appearance per "
-                "label (ai_core.segmentation.labelmaps / synthesis); no rendered study"
+                "label (lab.segmentation.labelmaps / synthesis); no rendered study"
             ),
             "params": asdict(params),
             "synthesis": asdict(synthesis),

@@ -1,7 +1,7 @@
 """Training images synthesised from label maps with a random appearance (issue 17).
 
 After Billot et al., SynthSeg (Medical Image Analysis 2023): one sample is a
-crop of a :class:`~ai_core.segmentation.labelmaps.LabelMap`, spatially
+crop of a :class:`~lab.segmentation.labelmaps.LabelMap`, spatially
 deformed (random rotation, anisotropic scale, smooth elastic displacement,
 left-right flip), then painted label by label with a random mean and spread,
 blurred by a random (possibly anisotropic) point-spread function, multiplied
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ai_core.segmentation.labelmaps import DECOYS, INTRACRANIAL, TUMOUR_CODES, LabelMap, SegLabel
-from ai_core.synth.anatomy import Label
+from lab.segmentation.labelmaps import DECOYS, INTRACRANIAL, TUMOUR_CODES, LabelMap, SegLabel
+from lab.synth.anatomy import Label
 
 N_CODES = 256
 
@@ -73,7 +73,7 @@ class SynthesisParams:
 
 def _realistic_means(rng: np.random.Generator, contrast: tuple[float, float]) -> np.ndarray:
     """The generator's T1C table, each tissue jittered ±25 %, lesion drawn in plausible ranges."""
-    from ai_core.synth.contrast import BRAIN_CURVES, label_table
+    from lab.synth.contrast import BRAIN_CURVES, label_table
 
     means = np.zeros(N_CODES, dtype=np.float32)
     table = label_table("t1c")
@@ -98,7 +98,7 @@ BRAIN_CODES = (SegLabel.BRAIN_CSF, SegLabel.GREY, SegLabel.WHITE)
 
 def _brain_curve(rng: np.random.Generator, realistic: bool) -> tuple[np.ndarray, np.ndarray]:
     """Template T1 value -> intensity: the T1C curve jittered, or random (monotone half the time)."""
-    from ai_core.synth.contrast import BRAIN_CURVES, brain_curve
+    from lab.synth.contrast import BRAIN_CURVES, brain_curve
 
     if realistic:
         xp, fp = brain_curve("t1c", float(rng.uniform(0.8, 1.2)))

@@ -1,13 +1,13 @@
 """Train the bundled U-Net on images synthesised from label maps (issue 17).
 
-    python -m ai_core.segmentation.train --out DIR --steps 6000 --seed 7 \\
+    python -m lab.segmentation.train --out DIR --steps 6000 --seed 7 \\
         --maps 160 --map-seed 1701 --max-minutes 90 [--resume] [--holdout COHORT]
 
-No training image comes from the renderer: :mod:`ai_core.segmentation.labelmaps`
+No training image comes from the renderer: :mod:`lab.segmentation.labelmaps`
 builds ``--maps`` whole-head label maps (the generator's anatomy as tissue
 codes, tumours 0.5-150 cm³ at every site, 15 % tumour-free), and every step
 draws fresh crops from them with a random deformation and a random
-appearance per label (:mod:`ai_core.segmentation.synthesis`, after SynthSeg),
+appearance per label (:mod:`lab.segmentation.synthesis`, after SynthSeg),
 in a worker process. The network has two sigmoid outputs, tumour and
 intracranial compartment; loss = Dice + binary cross-entropy on each
 (intracranial weighted ½); AdamW with cosine decay over ``--steps``.
@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from ai_core.segmentation.holdout import evaluate, load_cohort
-from ai_core.segmentation.model_card import ARCHITECTURES, WEIGHTS_FILE, describe, write_meta
-from ai_core.segmentation.synthesis import SynthesisParams
+from lab.segmentation.holdout import evaluate, load_cohort
+from lab.segmentation.model_card import ARCHITECTURES, WEIGHTS_FILE, describe, write_meta
+from lab.segmentation.synthesis import SynthesisParams
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _samples(bank: list[Any], seed: int, params: SynthesisParams, start: int) ->
     import torch
     from torch.utils.data import IterableDataset, get_worker_info
 
-    from ai_core.segmentation.synthesis import synthesise
+    from lab.segmentation.synthesis import synthesise
 
     class Samples(IterableDataset):
         def __iter__(self) -> Iterator[tuple[Any, Any]]:
@@ -208,8 +208,8 @@ def train(
     import torch
     from torch.utils.data import DataLoader
 
-    from ai_core.segmentation.labelmaps import build_bank
     from ai_core.segmentation.unet import resolve_device
+    from lab.segmentation.labelmaps import build_bank
 
     synthesis = synthesis or SynthesisParams()
     torch.set_num_threads(params.threads)
@@ -282,7 +282,7 @@ def _pair(text: str) -> tuple[float, float]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m ai_core.segmentation.train", description=__doc__.split("\n")[0]
+        prog="python -m lab.segmentation.train", description=__doc__.split("\n")[0]
     )
     d = TrainParams()
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")

@@ -19,11 +19,11 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
-from ai_core.synth.anatomy import HeadModel
+from lab.synth.anatomy import HeadModel
 
 
 class HeadWarp(Protocol):
-    """A nonlinear head deformation (:class:`ai_core.synth.heads.HeadVariant` is one)."""
+    """A nonlinear head deformation (:class:`lab.synth.heads.HeadVariant` is one)."""
 
     @property
     def is_identity(self) -> bool: ...
@@ -206,7 +206,7 @@ def sample(
     large outputs the world array is first transposed so that its memory
     order follows the grid's axes (about 1.5x faster trilinear sampling).
     With a head ``warp`` (not the identity), each output voxel's world point
-    ``p`` shows the template at ``p + d(p)`` (:mod:`ai_core.synth.heads`).
+    ``p`` shows the template at ``p + d(p)`` (:mod:`lab.synth.heads`).
     """
     h = model.spacing
     m = world_from_output(model, pose, grid)

@@ -3,7 +3,7 @@
 Everything is in the *world* frame: RAS millimetres of the ICBM 2009a MNI152
 template, on a regular grid of spacing ``h`` (1 mm for ``size="full"``, 2 mm
 for ``"small"``). :class:`HeadModel` holds what every case shares (it is built
-once per process by :func:`ai_core.synth.head_build.head_model`); per-case
+once per process by :func:`lab.synth.head_build.head_model`); per-case
 variation (tissue thickness, pose, contrast, tumour) is applied later. This
 module also paints the pituitary region that distinct heads add
 (:func:`paint_pituitary`).
@@ -47,7 +47,7 @@ class Label:
     CORD = 15
     DISC = 16
     BRAIN = 17  # intensity comes from the template through a per-contrast curve
-    PITUITARY = 18  # only in distinct heads (index >= 1, ai_core.synth.heads)
+    PITUITARY = 18  # only in distinct heads (index >= 1, lab.synth.heads)
     COUNT = 19
 
 

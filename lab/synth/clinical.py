@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ai_core.synth.tumour import LOCATIONS
+from lab.synth.tumour import LOCATIONS
 
 KI67_THRESHOLD = 5.0  # percent: the study's cut-off for "high"
 

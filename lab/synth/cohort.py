@@ -18,9 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ai_core.synth.anatomy import SynthError
-from ai_core.synth.longitudinal import generate_longitudinal
-from ai_core.synth.output import (
+from lab.synth.anatomy import SynthError
+from lab.synth.longitudinal import generate_longitudinal
+from lab.synth.output import (
     CSV_COLUMNS,
     MAX_CASES,
     CohortSummary,
@@ -29,9 +29,9 @@ from ai_core.synth.output import (
     write_mask,
     write_summary,
 )
-from ai_core.synth.plan import CohortOptions, plan_case
-from ai_core.synth.profiles import PROFILES, SiteProfile
-from ai_core.synth.render import render_case
+from lab.synth.plan import CohortOptions, plan_case
+from lab.synth.profiles import PROFILES, SiteProfile
+from lab.synth.render import render_case
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,11 @@ def generate_cohort(
     ``asymptomatic_fraction`` overrides the profile's share of small
     asymptomatic meningiomas (issue 6). ``longitudinal=True`` writes
     surveillance patients with follow-up studies instead
-    (:func:`ai_core.synth.longitudinal.generate_longitudinal`).
+    (:func:`lab.synth.longitudinal.generate_longitudinal`).
 
     Segmentation benchmarks (opt-in; the defaults write exactly the cohort of
     before): ``heads`` the distinct heads to draw from
-    (:mod:`ai_core.synth.heads`), ``volume_range`` tumour volumes (cm3,
+    (:mod:`lab.synth.heads`), ``volume_range`` tumour volumes (cm3,
     log-uniform) at uniformly drawn locations, ``tumour_free_fraction`` the
     share of cases without a tumour (empty mask, volume 0, location "none"),
     ``t1c_only`` no distractor series (see :class:`CohortOptions`).
@@ -78,7 +78,7 @@ def generate_cohort(
     if longitudinal and not options.is_default:
         raise SynthError(
             "longitudinal cohorts take none of heads, volume_range, tumour_free_fraction, "
-            "t1c_only; use ai_core.synth.pairs.generate_pairs for growth-measurement pairs"
+            "t1c_only; use lab.synth.pairs.generate_pairs for growth-measurement pairs"
         )
     if longitudinal:  # surveillance patients with follow-up studies (issue 6)
         return generate_longitudinal(

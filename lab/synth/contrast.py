@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ai_core.synth.anatomy import TEMPLATE_CSF, TEMPLATE_GM, TEMPLATE_WM, HeadModel, Label
+from lab.synth.anatomy import TEMPLATE_CSF, TEMPLATE_GM, TEMPLATE_WM, HeadModel, Label
 
 CONTRASTS = ("t1c", "t1", "t2", "flair", "dwi", "localizer")
 

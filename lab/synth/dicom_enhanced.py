@@ -3,7 +3,7 @@
 Shared groups carry what every frame has in common (pixel measures, plane
 orientation, timing, contrast usage, rescale); each frame has its own Frame
 Content (stack position) and Plane Position. The vendor profile's Enhanced
-keys are placed where :data:`ai_core.synth.vendors.ENHANCED_PLACEMENT` says.
+keys are placed where :data:`lab.synth.vendors.ENHANCED_PLACEMENT` says.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from ai_core.synth.dicom_writer import (
+from lab.synth.dicom_writer import (
     AGENT_CODES,
     ENHANCED_MR_IMAGE_STORAGE,
     SeriesSpec,
@@ -23,7 +23,7 @@ from ai_core.synth.dicom_writer import (
     common_modules,
     synth_uid,
 )
-from ai_core.synth.vendors import ENHANCED_PLACEMENT
+from lab.synth.vendors import ENHANCED_PLACEMENT
 
 _TOP_LEVEL_SKIP = {
     "SeriesDescription",

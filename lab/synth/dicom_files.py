@@ -27,7 +27,7 @@ from pydicom.pixels.encoders import JPEG2000LosslessEncoder, RLELosslessEncoder
 from pydicom.pixels.encoders.base import Encoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from ai_core.synth.dicom_writer import ClassicSeries
+from lab.synth.dicom_writer import ClassicSeries
 
 TRANSFER_SYNTAXES = {
     "explicit": ExplicitVRLittleEndian,

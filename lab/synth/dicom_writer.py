@@ -3,7 +3,7 @@
 Patient and study modules carry clearly synthetic values ("SYNTH^CASE0001"),
 every instance says "SYNTHETIC" in ImageComments, and UIDs are derived from
 the cohort seed (2.25 + a 128-bit hash), so the same seed writes the same
-bytes. Vendor acquisition attributes come from :mod:`ai_core.synth.vendors`.
+bytes. Vendor acquisition attributes come from :mod:`lab.synth.vendors`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from ai_core.synth.acquisition import Grid, Quantisation
-from ai_core.synth.vendors import PRIVATE_TAGS, private_profile, series_profile
+from lab.synth.acquisition import Grid, Quantisation
+from lab.synth.vendors import PRIVATE_TAGS, private_profile, series_profile
 
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 ENHANCED_MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4.1")
@@ -169,7 +169,7 @@ def build_classic(
 
     The attributes every instance shares are set once on ``base``; each
     instance holds only its own elements, so they are encoded once per series
-    (see :mod:`ai_core.synth.dicom_files`).
+    (see :mod:`lab.synth.dicom_files`).
     """
     slices = _planes(spec, stack)
     n = len(slices)

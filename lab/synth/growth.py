@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ai_core.synth.anatomy import SynthError
-from ai_core.synth.plan import STREAM_GROWTH
+from lab.synth.anatomy import SynthError
+from lab.synth.plan import STREAM_GROWTH
 
 DAYS_PER_YEAR = 365.25
 

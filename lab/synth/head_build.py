@@ -6,7 +6,7 @@ The template is skull-stripped, so a head is built around it from the signed
 distance to a smoothed brain hull: extra-axial CSF, dura, inner table, diploe,
 outer table, muscle, scalp fat and skin, plus venous sinuses, cortical veins,
 falx, choroid plexus, orbits, nasal cavity, neck and cervical spine. The
-result is an :class:`ai_core.synth.anatomy.HeadModel` on the world grid.
+result is an :class:`lab.synth.anatomy.HeadModel` on the world grid.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from ai_core.synth.anatomy import (
+from lab.synth.anatomy import (
     TEMPLATE_WM,
     WORLD_MAX,
     WORLD_MIN,

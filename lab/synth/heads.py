@@ -1,14 +1,14 @@
 """Distinct synthetic heads: one template brain, many subjects.
 
 Every case of the default cohort shows the same head (the MNI152 brain and
-the head built around it, :mod:`ai_core.synth.anatomy`). A segmentation
+the head built around it, :mod:`lab.synth.anatomy`). A segmentation
 network must also be tested on heads it never saw, so :func:`head_variant`
 builds, deterministically from an index, a :class:`HeadVariant`: index 0 is
 today's head, unchanged; index >= 1 differs in
 
 * an anisotropic head scale per world axis (0.88-1.12) about
-  :data:`~ai_core.synth.acquisition.HEAD_CENTRE_RAS`, folded into the case's
-  :class:`~ai_core.synth.acquisition.Pose` (:meth:`HeadVariant.fold_pose`), so
+  :data:`~lab.synth.acquisition.HEAD_CENTRE_RAS`, folded into the case's
+  :class:`~lab.synth.acquisition.Pose` (:meth:`HeadVariant.fold_pose`), so
   ``pose.volume_scale`` stays the exact patient/world volume ratio of the
   global part;
 * a smooth nonlinear displacement field ``d`` (amplitude 2-5 mm, correlation
@@ -24,7 +24,7 @@ Warp convention (pull-back): the variant head is the template deformed by
 RAS mm, before the pose) shows the template world point ``p + d(p)``. Images
 and truth masks are sampled that way (:func:`acquisition.sample`,
 :func:`truth.mask_on_grid`); the tumour's true volume is the integral of
-``det J(phi^-1)`` over the tumour in the template (:mod:`ai_core.synth.truth`).
+``det J(phi^-1)`` over the tumour in the template (:mod:`lab.synth.truth`).
 
 ``d`` is evaluated as the trilinear interpolation of a fixed 4 mm lattice, so
 that images, masks and truth use exactly the same field.
@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage as ndi
 
-from ai_core.synth.acquisition import HEAD_CENTRE_RAS, Pose
-from ai_core.synth.anatomy import (
+from lab.synth.acquisition import HEAD_CENTRE_RAS, Pose
+from lab.synth.anatomy import (
     TEMPLATE_CSF,
     WORLD_MAX,
     WORLD_MIN,
@@ -51,7 +51,7 @@ from ai_core.synth.anatomy import (
 )
 
 if TYPE_CHECKING:
-    from ai_core.synth.contrast import HeadLayers
+    from lab.synth.contrast import HeadLayers
 
 MAX_HEAD_INDEX = 9999
 LATTICE_MM = 4.0  # spacing of the lattice that d is interpolated from

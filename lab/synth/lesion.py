@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ai_core.synth.anatomy import TEMPLATE_GM, TEMPLATE_WM, HeadModel, Label
-from ai_core.synth.contrast import LESION
-from ai_core.synth.tumour import TumourGeometry, _box_coords, unit_noise
+from lab.synth.anatomy import TEMPLATE_GM, TEMPLATE_WM, HeadModel, Label
+from lab.synth.contrast import LESION
+from lab.synth.tumour import TumourGeometry, _box_coords, unit_noise
 
 log = logging.getLogger(__name__)
 

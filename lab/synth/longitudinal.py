@@ -2,12 +2,12 @@
 
 Each patient of the asymptomatic subgroup (DESIGN §5: mean 3.2 cm³, 0.15-9.7
 cm³) has a baseline study, planned and written exactly like a case of
-:func:`ai_core.synth.cohort.generate_cohort`, and follow-up studies of the
+:func:`lab.synth.cohort.generate_cohort`, and follow-up studies of the
 same patient and tumour: the baseline plan with a grown volume, a new date,
 age and head position, new Study/Series UIDs; the patient identity (ID,
 name, birth date) is the baseline's.
 
-How the tumour grows and when the visits are is :mod:`ai_core.synth.growth`.
+How the tumour grows and when the visits are is :mod:`lab.synth.growth`.
 All draws come from the case's ``STREAM_GROWTH`` stream, so baseline studies
 are identical to the normal cohort's for the same seed.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ai_core.synth.growth import (
+from lab.synth.growth import (
     GrowthHistory,
     GrowthModel,
     Visit,
@@ -31,7 +31,7 @@ from ai_core.synth.growth import (
     draw_growth,
     km_incidence,
 )
-from ai_core.synth.output import (
+from lab.synth.output import (
     atomic_text,
     check_args,
     csv_text,
@@ -39,8 +39,8 @@ from ai_core.synth.output import (
     write_mask,
     write_summary,
 )
-from ai_core.synth.plan import STREAM_GROWTH, CasePlan, plan_case, stream
-from ai_core.synth.profiles import PROFILES, SiteProfile
+from lab.synth.plan import STREAM_GROWTH, CasePlan, plan_case, stream
+from lab.synth.profiles import PROFILES, SiteProfile
 
 GROWTH_MANIFEST_EXTRA = ("time_years", "event", "skull_base")
 
@@ -52,7 +52,7 @@ def _age_at(birth: tuple[int, int, int], date: dt.date) -> int:
 
 def followup_plan(base: CasePlan, visit: Visit, rng: np.random.Generator) -> CasePlan:
     """The baseline plan at a follow-up: grown tumour, new date/age/head position, new UIDs."""
-    from ai_core.synth.acquisition import HEAD_CENTRE_RAS, LPS_FROM_RAS, Pose
+    from lab.synth.acquisition import HEAD_CENTRE_RAS, LPS_FROM_RAS, Pose
 
     b = base.study_date
     bdate = dt.date(int(b[:4]), int(b[4:6]), int(b[6:]))
@@ -129,7 +129,7 @@ def generate_longitudinal(
     model: GrowthModel | None = None,
 ) -> LongitudinalSummary:
     """Write ``cases`` surveillance patients: baseline studies, follow-ups, truth, manifest."""
-    from ai_core.synth.render import render_case
+    from lab.synth.render import render_case
 
     out_dir = Path(out_dir)
     check_args(out_dir, cases, seed, profile, size)

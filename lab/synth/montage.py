@@ -1,6 +1,6 @@
 """Montages of synthetic cases: look at what the generator makes.
 
-``python -m ai_core.synth.montage COHORT_DIR OUT.png [CASE_ID ...]`` reads each
+``python -m lab.synth.montage COHORT_DIR OUT.png [CASE_ID ...]`` reads each
 case's T1C series back from its DICOM files (so it shows exactly what a
 reader gets), and draws three orthogonal slices through the tumour centre
 with the true mask outline, plus the case's ground truth in the title.
@@ -138,9 +138,7 @@ def _mask_to_volume(
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 2:
-        sys.stderr.write(
-            "usage: python -m ai_core.synth.montage COHORT_DIR OUT.png [CASE_ID ...]\n"
-        )
+        sys.stderr.write("usage: python -m lab.synth.montage COHORT_DIR OUT.png [CASE_ID ...]\n")
         return 2
     render(Path(args[0]), Path(args[1]), args[2:] or None)
     return 0

@@ -1,8 +1,8 @@
 """What every synthetic cohort writes besides its studies: masks, ground truth, cohort.json.
 
-Shared by :mod:`ai_core.synth.cohort` (cross-sectional),
-:mod:`ai_core.synth.longitudinal` (surveillance patients) and
-:mod:`ai_core.synth.pairs` (growth-measurement pairs): argument checks, the
+Shared by :mod:`lab.synth.cohort` (cross-sectional),
+:mod:`lab.synth.longitudinal` (surveillance patients) and
+:mod:`lab.synth.pairs` (growth-measurement pairs): argument checks, the
 progress bar, atomic writes (a cohort is byte-identical for the same seed),
 ``ground_truth.csv``/``.json``, ``cohort.json`` and the manifest.
 """
@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ai_core.model.cases import manifest_from_ground_truth
-from ai_core.synth.anatomy import SynthError
-from ai_core.synth.clinical import auc, population_bayes_auc
-from ai_core.synth.plan import SIZES, CohortOptions
-from ai_core.synth.profiles import PROFILES, SiteProfile
+from lab.model.cases import manifest_from_ground_truth
+from lab.synth.anatomy import SynthError
+from lab.synth.clinical import auc, population_bayes_auc
+from lab.synth.plan import SIZES, CohortOptions
+from lab.synth.profiles import PROFILES, SiteProfile
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Each pair is a baseline study and a follow-up of the same patient and the
 same tumour (same dural anchor and shape, volume times ``1 + change``), on
 a new table position about a year later, sometimes on another vendor's
 scanner, with new noise and contrast jitter. Both studies are written like a
-cohort (:mod:`ai_core.synth.cohort`: one folder per study, ``masks/``,
+cohort (:mod:`lab.synth.cohort`: one folder per study, ``masks/``,
 ``ground_truth.csv`` with one row per study) plus ``pairs.csv``::
 
     pair_id, baseline_case, followup_case, baseline_volume_cm3,
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ai_core.synth.anatomy import SynthError
-from ai_core.synth.growth import DAYS_PER_YEAR, Visit
-from ai_core.synth.longitudinal import followup_plan, restamp_identity
-from ai_core.synth.output import (
+from lab.synth.anatomy import SynthError
+from lab.synth.growth import DAYS_PER_YEAR, Visit
+from lab.synth.longitudinal import followup_plan, restamp_identity
+from lab.synth.output import (
     atomic_text,
     check_args,
     csv_text,
@@ -35,7 +35,7 @@ from ai_core.synth.output import (
     write_mask,
     write_summary,
 )
-from ai_core.synth.plan import (
+from lab.synth.plan import (
     STREAM_SEGBENCH,
     CasePlan,
     CohortOptions,
@@ -43,7 +43,7 @@ from ai_core.synth.plan import (
     plan_case,
     stream,
 )
-from ai_core.synth.profiles import PROFILES, SiteProfile
+from lab.synth.profiles import PROFILES, SiteProfile
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def generate_pairs(
     progress: bool = True,
 ) -> PairsSummary:
     """Write ``pairs`` baseline/follow-up study pairs into ``out_dir`` (new or empty)."""
-    from ai_core.synth.render import render_case
+    from lab.synth.render import render_case
 
     out_dir = Path(out_dir)
     _check_pair_args(pairs, volume_range, change_range, p_other_vendor)

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ai_core.synth.acquisition import Pose, Quantisation
-from ai_core.synth.anatomy import SynthError
-from ai_core.synth.clinical import Features, draw_features
-from ai_core.synth.contrast import HeadLayers
-from ai_core.synth.heads import MAX_HEAD_INDEX, head_variant
-from ai_core.synth.lesion import LesionSpec
-from ai_core.synth.profiles import SiteProfile
-from ai_core.synth.tumour import LOCATIONS, TumourShape
+from lab.synth.acquisition import Pose, Quantisation
+from lab.synth.anatomy import SynthError
+from lab.synth.clinical import Features, draw_features
+from lab.synth.contrast import HeadLayers
+from lab.synth.heads import MAX_HEAD_INDEX, head_variant
+from lab.synth.lesion import LesionSpec
+from lab.synth.profiles import SiteProfile
+from lab.synth.tumour import LOCATIONS, TumourShape
 
 STREAM_CLINICAL = 1
 STREAM_ANATOMY = 2
@@ -76,7 +76,7 @@ class CohortOptions:
     """Opt-in variations for segmentation benchmarks; the defaults change nothing.
 
     ``heads``: the distinct heads cases are drawn from (0 = the template head,
-    :mod:`ai_core.synth.heads`); ``volume_range``: tumour volume (cm3)
+    :mod:`lab.synth.heads`); ``volume_range``: tumour volume (cm3)
     log-uniform in the range, location uniform over the three sites (Ki-67
     label and other features as drawn); ``tumour_free_fraction``: share of
     cases without a tumour; ``t1c_only``: no distractor series.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ai_core.synth.clinical import LabelModel
+from lab.synth.clinical import LabelModel
 
 
 @dataclass(frozen=True)

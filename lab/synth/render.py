@@ -1,7 +1,7 @@
 """Render one planned case: world volumes per contrast, every series, the mask.
 
 Which series a study has and where their slices lie is
-:mod:`ai_core.synth.series_layout`; this module fills them with pixels and
+:mod:`lab.synth.series_layout`; this module fills them with pixels and
 writes them.
 """
 
@@ -14,23 +14,23 @@ from typing import Any
 
 import numpy as np
 
-from ai_core.synth.acquisition import (
+from lab.synth.acquisition import (
     Grid,
     add_rician_noise,
     apply_bias_field,
     point_spread,
     sample,
 )
-from ai_core.synth.anatomy import HeadModel, paint_pituitary
-from ai_core.synth.contrast import brain_curve, build_labels, compose, label_table, paint_veins
-from ai_core.synth.dicom_enhanced import build_enhanced
-from ai_core.synth.dicom_files import write_classic, write_single
-from ai_core.synth.dicom_writer import SeriesSpec, StudyInfo, build_classic, synth_uid
-from ai_core.synth.head_build import head_model
-from ai_core.synth.heads import HeadVariant, head_variant
-from ai_core.synth.lesion import LesionMaps, apply_mass_effect, build_lesion, composite
-from ai_core.synth.plan import SIZES, STREAM_ANATOMY, STREAM_NOISE, STREAM_TUMOUR, CasePlan, stream
-from ai_core.synth.series_layout import (
+from lab.synth.anatomy import HeadModel, paint_pituitary
+from lab.synth.contrast import brain_curve, build_labels, compose, label_table, paint_veins
+from lab.synth.dicom_enhanced import build_enhanced
+from lab.synth.dicom_files import write_classic, write_single
+from lab.synth.dicom_writer import SeriesSpec, StudyInfo, build_classic, synth_uid
+from lab.synth.head_build import head_model
+from lab.synth.heads import HeadVariant, head_variant
+from lab.synth.lesion import LesionMaps, apply_mass_effect, build_lesion, composite
+from lab.synth.plan import SIZES, STREAM_ANATOMY, STREAM_NOISE, STREAM_TUMOUR, CasePlan, stream
+from lab.synth.series_layout import (
     ACQUISITION_ORDER,
     CONTRAST_OF,
     head_points,
@@ -38,13 +38,13 @@ from ai_core.synth.series_layout import (
     series_grids,
     series_number,
 )
-from ai_core.synth.truth import (
+from lab.synth.truth import (
     centroid_patient,
     mask_on_grid,
     max_diameter_mm,
     tumour_volume_cm3,
 )
-from ai_core.synth.tumour import TumourGeometry, place_tumour
+from lab.synth.tumour import TumourGeometry, place_tumour
 
 log = logging.getLogger(__name__)
 

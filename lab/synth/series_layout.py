@@ -12,10 +12,10 @@ import math
 
 import numpy as np
 
-from ai_core.synth.acquisition import Grid, plan_grid
-from ai_core.synth.anatomy import HeadModel
-from ai_core.synth.heads import HeadVariant
-from ai_core.synth.plan import SIZES, STREAM_NOISE, CasePlan, stream
+from lab.synth.acquisition import Grid, plan_grid
+from lab.synth.anatomy import HeadModel
+from lab.synth.heads import HeadVariant
+from lab.synth.plan import SIZES, STREAM_NOISE, CasePlan, stream
 
 CONTRAST_OF = {
     "t1c_mprage": "t1c",

@@ -7,7 +7,7 @@ distance between points of the tumour surface (boundary voxels moved onto
 convex hull. The mask of the T1C series is the tumour's partial-volume
 occupancy resampled onto its grid and thresholded at one half.
 
-Distinct heads (:mod:`ai_core.synth.heads`) deform the template by
+Distinct heads (:mod:`lab.synth.heads`) deform the template by
 ``phi^-1`` (a variant point ``p`` shows template point ``p + d(p)``): the volume
 is then the sum over tumour voxels of ``det J(phi^-1)`` times the voxel volume
 times the pose's volume scale; surface points and the centroid are mapped
@@ -21,10 +21,10 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
-from ai_core.synth.acquisition import Grid, Pose
-from ai_core.synth.anatomy import HeadModel
-from ai_core.synth.heads import HeadVariant
-from ai_core.synth.tumour import TumourGeometry
+from lab.synth.acquisition import Grid, Pose
+from lab.synth.anatomy import HeadModel
+from lab.synth.heads import HeadVariant
+from lab.synth.tumour import TumourGeometry
 
 
 def _warped(warp: HeadVariant | None) -> HeadVariant | None:

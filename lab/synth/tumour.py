@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ai_core.synth.anatomy import HeadModel
+from lab.synth.anatomy import HeadModel
 
 log = logging.getLogger(__name__)
 

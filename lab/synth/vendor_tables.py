@@ -5,7 +5,7 @@ attributes with the vendor's SeriesDescription conventions, contrast agent
 and private sequence name; :data:`PHYSICS` the kind's physics shared by all
 vendors; :data:`MANUFACTURER`, :data:`ORIENTATION_WORD` and
 :data:`DEFAULT_EVIDENCE` the vendor's identity, orientation words and
-contrast-documentation habit. :mod:`ai_core.synth.vendors` turns these into
+contrast-documentation habit. :mod:`lab.synth.vendors` turns these into
 series profiles.
 
 Sources: the DICOM standard PS3.3 (C.8.3.1 MR Image Module: ScanningSequence,

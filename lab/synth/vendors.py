@@ -4,7 +4,7 @@
 attributes of one series, as the vendor's scanner writes them. Writers (the
 synthetic cohort, ``tests/factories.py``) set these on every instance; the
 geometry, pixel, patient and study modules are theirs. The values themselves
-(and their sources) are the tables of :mod:`ai_core.synth.vendor_tables`.
+(and their sources) are the tables of :mod:`lab.synth.vendor_tables`.
 
 Where contrast is documented: Siemens and GE write ``ContrastBolusAgent`` when
 the technologist enters it at registration *and* sites name the series
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ai_core.synth.vendor_tables import (
+from lab.synth.vendor_tables import (
     DEFAULT_EVIDENCE,
     MANUFACTURER,
     ORIENTATION_WORD,
