@@ -1,4 +1,9 @@
 """The Ki-67 model: a cascaded multi-modal Transformer, its bundle and inference.
 
-Its training is research tooling and lives in :mod:`lab.model`.
+``__all__`` names the submodules ``daemon`` and ``dicom_out`` may import:
+:mod:`~ai_core.model.inputs` (characteristics, crops) and
+:mod:`~ai_core.model.predict` (the predictor and its prediction). Its training
+is research tooling and lives in :mod:`lab.model`.
 """
+
+__all__ = ["inputs", "predict"]
