@@ -140,7 +140,7 @@ def test_public_face_rule_refuses_the_internals() -> None:
     assert _ai_core_refusal(["model", "predict"]) is None
     assert _ai_core_refusal(["segmentation", "make_backend"]) is None
     assert _ai_core_refusal(["preprocess"]) == "not in ai_core.__all__"
-    assert _ai_core_refusal(["model", "bundle"]) == "not in ai_core.model.__all__"
+    assert _ai_core_refusal(["model", "network"]) == "not in ai_core.model.__all__"
     assert _ai_core_refusal(["segmentation", "unet"]) == "not in ai_core.segmentation.__all__"
     assert _ai_core_refusal(["volume", "_private"]) == "a private name"
     assert _ai_core_refusal(["model", "predict", "Prediction"]) is None

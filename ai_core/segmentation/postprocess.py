@@ -29,8 +29,8 @@ Rules, in order:
    candidate below it is rejected before the choice: a tiny confident
    vessel must not win over the tumour).
 
-Out-of-distribution input is refused before the network runs, with
-:func:`intensity_check` against the statistics of the training images.
+Out-of-distribution input is refused before the network runs
+(:mod:`ai_core.segmentation.intensity`).
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ class PostprocessParams:
     min_intracranial: float = 0.0  # a candidate's mean intracranial probability
     max_dural_distance_mm: float = 0.0  # nearest dura farther than this: rejected (0: off)
     min_enhancement: float = 0.0  # candidate median / intracranial 75th percentile (0: off)
+    grow_threshold: float = 0.0  # the chosen lesion's outline at this lower probability (0: off)
+    grow_max_mm: float = 3.0  # ... at most this far from the lesion found at ``threshold``
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -82,6 +84,11 @@ class PostprocessParams:
         if self.min_enhancement < 0:
             raise ValueError(
                 f"min_enhancement must not be negative (0 = off), got {self.min_enhancement}"
+            )
+        if not 0.0 <= self.grow_threshold < self.threshold or self.grow_max_mm < 0:
+            raise ValueError(
+                f"grow_threshold must be in [0, threshold) (0 = off) and grow_max_mm must not be "
+                f"negative, got {self.grow_threshold} and {self.grow_max_mm}"
             )
         if self.max_dural_distance_mm < 0:
             raise ValueError(
@@ -167,6 +174,9 @@ def postprocess(
             int(big.size),
             candidates,
         )
+    if is_prob and params.grow_threshold > 0:
+        mask = grow(data, mask, spacing, params.grow_threshold, params.grow_max_mm)
+        volume_ml = float(mask.sum()) * voxel_ml
     reason = f"one lesion of {volume_ml:.2f} mL"
     if params.select == "confidence" and is_prob:
         reason += f" (confidence {chosen['confidence']:.2f}"
@@ -179,6 +189,39 @@ def postprocess(
     return Postprocessed(
         mask, STATUS_OK, reason, int(big.size), tuple(_public(c) for c in candidates)
     )
+
+
+def grow(
+    probability: np.ndarray,
+    mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    low: float,
+    max_mm: float,
+) -> np.ndarray:
+    """Hysteresis: the lesion plus the voxels connected to it above ``low``, within ``max_mm``.
+
+    The network's probability falls off over a voxel or two of its 2 mm
+    working grid at the edge of a lesion, so thresholding at 0.5 cuts small
+    tumours short; the lower threshold restores the outline, and the distance
+    cap keeps a faint bridge from reaching a neighbouring structure.
+    ``spacing`` is ``(x, y, z)`` mm; arrays are ``[z, y, x]``.
+    """
+    seed = mask.astype(bool)
+    if not seed.any():
+        return mask
+    sampling = tuple(float(v) for v in spacing[::-1])
+    margin = [int(np.ceil(max_mm / v)) + 1 for v in sampling]
+    where = np.argwhere(seed)
+    lo = np.maximum(where.min(axis=0) - margin, 0)
+    hi = np.minimum(where.max(axis=0) + 1 + np.array(margin), seed.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    core = seed[box]
+    near = ndi.distance_transform_edt(~core, sampling=sampling) <= max_mm
+    labels, _ = ndi.label(core | ((probability[box] >= low) & near), structure=_CONNECTIVITY)
+    touching = np.unique(labels[core])
+    out = np.zeros_like(mask, dtype=np.uint8)
+    out[box] = np.isin(labels, touching[touching > 0])
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -303,77 +346,3 @@ def _refused(
         components,
         tuple(_public(c) for c in candidates or ()),
     )
-
-
-# -- input distribution ----------------------------------------------------------
-@dataclass(frozen=True)
-class IntensityStats:
-    """Per-image statistics of the head voxels (> ``floor``) of a working image."""
-
-    mean: float
-    std: float
-    head_fraction: float  # fraction of voxels above the floor
-
-    FLOOR = 5.0  # [0, 255] scale: background is 0 after preprocessing
-
-    @classmethod
-    def of(cls, image: np.ndarray) -> IntensityStats:
-        head = image[image > cls.FLOOR]
-        if head.size == 0:
-            return cls(0.0, 0.0, 0.0)
-        return cls(float(head.mean()), float(head.std()), float(head.size / image.size))
-
-
-@dataclass(frozen=True)
-class IntensityReference:
-    """Training distribution of :class:`IntensityStats` (mean and spread of each)."""
-
-    mean_mean: float
-    mean_std: float
-    std_mean: float
-    std_std: float
-    max_z: float = 6.0  # a statistic further than this many SDs away is out of distribution
-    value_range: tuple[float, float] = (0.0, 255.0)
-
-    @classmethod
-    def fit(cls, stats: list[IntensityStats], max_z: float = 6.0) -> IntensityReference:
-        means = np.array([s.mean for s in stats])
-        stds = np.array([s.std for s in stats])
-        floor = 1.0  # keeps the z-scores finite on a tiny cohort
-        return cls(
-            float(means.mean()),
-            max(float(means.std()), floor),
-            float(stds.mean()),
-            max(float(stds.std()), floor),
-            max_z,
-        )
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> IntensityReference:
-        values = dict(data)
-        if "value_range" in values:
-            low, high = values["value_range"]
-            values["value_range"] = (float(low), float(high))
-        return cls(**values)
-
-
-def intensity_check(image: np.ndarray, reference: IntensityReference) -> str | None:
-    """Why ``image`` is out of distribution, or None when it looks like the training data."""
-    low, high = reference.value_range
-    tolerance = 0.01 * (high - low)
-    if float(image.min()) < low - tolerance or float(image.max()) > high + tolerance:
-        return (
-            f"intensities {float(image.min()):.1f}..{float(image.max()):.1f} are outside "
-            f"[{low:g}, {high:g}]; the image was not preprocessed"
-        )
-    stats = IntensityStats.of(image)
-    if stats.head_fraction == 0.0:
-        return "the image is empty (no voxel above the background)"
-    z_mean = abs(stats.mean - reference.mean_mean) / reference.mean_std
-    z_std = abs(stats.std - reference.std_mean) / reference.std_std
-    if max(z_mean, z_std) > reference.max_z:
-        return (
-            f"intensity statistics out of the training distribution (head mean {stats.mean:.1f}, "
-            f"z = {z_mean:.1f}; SD {stats.std:.1f}, z = {z_std:.1f}; limit {reference.max_z})"
-        )
-    return None

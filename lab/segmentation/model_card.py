@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ai_core.segmentation.base import RESEARCH_ONLY
-from ai_core.segmentation.postprocess import IntensityReference, PostprocessParams
+from ai_core.segmentation.intensity import IntensityReference
+from ai_core.segmentation.postprocess import PostprocessParams
 from ai_core.segmentation.unet import BACKEND_NAME, MODEL_JSON, UNetArchitecture
 from lab.segmentation.synthesis import SynthesisParams
 
