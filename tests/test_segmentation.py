@@ -228,9 +228,8 @@ def test_postprocess_rejects_a_candidate_that_does_not_enhance() -> None:
         ("min_confidence", 1.5, "min_confidence must be in"),
         ("min_intracranial", -0.1, "min_intracranial must be in"),
         ("min_enhancement", -1.0, "min_enhancement must not be negative"),
-        ("grow_threshold", 0.6, "grow_threshold must be in"),
     ],
-    ids=["select", "confidence", "intracranial", "enhancement", "grow"],
+    ids=["select", "confidence", "intracranial", "enhancement"],
 )
 def test_postprocess_params_validate_the_candidate_rules(
     key: str, value: object, message: str
@@ -244,24 +243,6 @@ def test_postprocess_threshold_applies_to_probabilities() -> None:
     prob = ball(shape, (15, 15, 15), 6).astype(np.float32) * 0.4
     assert postprocess(prob, SPACING_1MM).status == STATUS_NOT_ASSESSABLE
     assert postprocess(prob, SPACING_1MM, PostprocessParams(threshold=0.3)).status == STATUS_OK
-
-
-def test_postprocess_grows_the_outline_over_the_soft_edge_but_not_to_a_neighbour() -> None:
-    """A lesion whose edge sits at p 0.35 (the 2 mm network's soft edge) gets its full
-    outline at grow_threshold 0.3; a faint neighbour beyond grow_max_mm stays out."""
-    shape = (40, 40, 60)
-    core, full = ball(shape, (20, 20, 20), 4), ball(shape, (20, 20, 20), 6)
-    prob = np.where(core > 0, 0.9, np.where(full > 0, 0.35, 0.0)).astype(np.float32)
-    # a faint structure joined to the lesion by a 0.35 bridge 8 mm long
-    prob[19:22, 19:22, 26:34] = 0.35
-    prob[ball(shape, (20, 20, 40), 5) > 0] = 0.35
-    plain = postprocess(prob, SPACING_1MM)
-    assert plain.status == STATUS_OK and int(plain.mask.sum()) == int(core.sum())
-    grown = postprocess(prob, SPACING_1MM, PostprocessParams(grow_threshold=0.3, grow_max_mm=3))
-    assert grown.status == STATUS_OK
-    assert dice(grown.mask, full) > 0.95 > dice(plain.mask, full)
-    assert grown.mask[20, 20, 40] == 0  # the neighbour is not reached
-    assert f"one lesion of {grown.mask.sum() / 1000:.2f} mL" in grown.reason  # the final size
 
 
 def test_postprocess_params_refuse_unknown_keys() -> None:

@@ -67,8 +67,6 @@ class PostprocessParams:
     min_intracranial: float = 0.0  # a candidate's mean intracranial probability
     max_dural_distance_mm: float = 0.0  # nearest dura farther than this: rejected (0: off)
     min_enhancement: float = 0.0  # candidate median / intracranial 75th percentile (0: off)
-    grow_threshold: float = 0.0  # the chosen lesion's outline at this lower probability (0: off)
-    grow_max_mm: float = 3.0  # ... at most this far from the lesion found at ``threshold``
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -84,11 +82,6 @@ class PostprocessParams:
         if self.min_enhancement < 0:
             raise ValueError(
                 f"min_enhancement must not be negative (0 = off), got {self.min_enhancement}"
-            )
-        if not 0.0 <= self.grow_threshold < self.threshold or self.grow_max_mm < 0:
-            raise ValueError(
-                f"grow_threshold must be in [0, threshold) (0 = off) and grow_max_mm must not be "
-                f"negative, got {self.grow_threshold} and {self.grow_max_mm}"
             )
         if self.max_dural_distance_mm < 0:
             raise ValueError(
@@ -174,9 +167,6 @@ def postprocess(
             int(big.size),
             candidates,
         )
-    if is_prob and params.grow_threshold > 0:
-        mask = grow(data, mask, spacing, params.grow_threshold, params.grow_max_mm)
-        volume_ml = float(mask.sum()) * voxel_ml
     reason = f"one lesion of {volume_ml:.2f} mL"
     if params.select == "confidence" and is_prob:
         reason += f" (confidence {chosen['confidence']:.2f}"
@@ -189,39 +179,6 @@ def postprocess(
     return Postprocessed(
         mask, STATUS_OK, reason, int(big.size), tuple(_public(c) for c in candidates)
     )
-
-
-def grow(
-    probability: np.ndarray,
-    mask: np.ndarray,
-    spacing: tuple[float, float, float],
-    low: float,
-    max_mm: float,
-) -> np.ndarray:
-    """Hysteresis: the lesion plus the voxels connected to it above ``low``, within ``max_mm``.
-
-    The network's probability falls off over a voxel or two of its 2 mm
-    working grid at the edge of a lesion, so thresholding at 0.5 cuts small
-    tumours short; the lower threshold restores the outline, and the distance
-    cap keeps a faint bridge from reaching a neighbouring structure.
-    ``spacing`` is ``(x, y, z)`` mm; arrays are ``[z, y, x]``.
-    """
-    seed = mask.astype(bool)
-    if not seed.any():
-        return mask
-    sampling = tuple(float(v) for v in spacing[::-1])
-    margin = [int(np.ceil(max_mm / v)) + 1 for v in sampling]
-    where = np.argwhere(seed)
-    lo = np.maximum(where.min(axis=0) - margin, 0)
-    hi = np.minimum(where.max(axis=0) + 1 + np.array(margin), seed.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    core = seed[box]
-    near = ndi.distance_transform_edt(~core, sampling=sampling) <= max_mm
-    labels, _ = ndi.label(core | ((probability[box] >= low) & near), structure=_CONNECTIVITY)
-    touching = np.unique(labels[core])
-    out = np.zeros_like(mask, dtype=np.uint8)
-    out[box] = np.isin(labels, touching[touching > 0])
-    return out
 
 
 @dataclass(frozen=True, eq=False)
