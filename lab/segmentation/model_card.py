@@ -25,7 +25,7 @@ from ai_core.segmentation.unet import BACKEND_NAME, MODEL_JSON, UNetArchitecture
 from lab.segmentation.synthesis import SynthesisParams
 
 WEIGHTS_FILE = "unet.pt"
-MODEL_VERSION = "0.2.0"
+MODEL_VERSION = "0.2.1"
 #: ``--arch``: "base" (16-32-64-128, instance norm) or "small" (the 0.1 network's
 #: 8-16-32-64 with batch norm, which ``--init`` can warm-start from a 0.1 model).
 ARCHITECTURES = {
