@@ -26,8 +26,8 @@ run: $(VENV)/.installed
 	$(BIN)/ki67node serve --config $(CONFIG)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check daemon ai_core dicom_out tests bench
-	$(BIN)/ruff format --check daemon ai_core dicom_out tests bench
+	$(BIN)/ruff check daemon ai_core dicom_out lab tests bench
+	$(BIN)/ruff format --check daemon ai_core dicom_out lab tests bench
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

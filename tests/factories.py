@@ -7,7 +7,7 @@ Stable API for every test module (keep it backwards compatible):
 - :func:`make_study` — a T1C series plus distractor series, one Study UID.
 - :func:`write_series` — one Part 10 file per dataset (Explicit VR Little Endian).
 
-Acquisition attributes come from :func:`ai_core.synth.vendors.series_profile`
+Acquisition attributes come from :func:`lab.synth.vendors.series_profile`
 (``vendor``/``kind``/``variant``/``contrast_evidence`` are passed through);
 geometry, pixels, patient and study modules are made here. The localizer is a
 3-plane localizer: its slices cycle through sagittal, coronal and axial.
@@ -33,7 +33,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from ai_core.synth.vendors import (
+from lab.synth.vendors import (
     ENHANCED_PLACEMENT,
     PRIVATE_TAGS,
     normalize_orientation,

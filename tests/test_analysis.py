@@ -45,7 +45,7 @@ class KnownMask(SegmentationBackend):
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory: pytest.TempPathFactory):
-    from ai_core.synth import generate_cohort
+    from lab.synth import generate_cohort
 
     out = tmp_path_factory.mktemp("cohort") / "c"
     generate_cohort(out, cases=1, seed=23, size="small", progress=False)

@@ -1,12 +1,16 @@
 """Import directions (DESIGN.md §3, docs/architecture.md): ai_core knows nothing
-of daemon or dicom_out; dicom_out knows nothing of daemon; inside daemon each
-stage imports only the stages before it; no import circle anywhere in daemon
-or dicom_out (function-local imports included); the listener side never
-imports torch (a GPU crash must not stop intake)."""
+of daemon, dicom_out or lab; dicom_out knows nothing of daemon or lab; lab
+(research tooling) never imports daemon or dicom_out, and daemon reaches it only
+from inside its research CLI commands; daemon and dicom_out use only ai_core's
+public face (``ai_core.__all__``); inside daemon each stage imports only the
+stages before it; no import circle anywhere (function-local imports included);
+the listener side never imports torch (a GPU crash must not stop intake) and
+the serving process never loads lab."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,23 +21,41 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Package -> the packages it must never import (docs/architecture.md, "Packages").
+PACKAGE_RULES = {
+    "ai_core": ("daemon", "dicom_out", "lab"),
+    "dicom_out": ("daemon", "lab"),
+    "lab": ("daemon", "dicom_out"),
+}
+
+
+def _import_nodes(path: Path) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Every absolute import statement of the file, and whether it sits inside a function."""
+
+    def visit(node: ast.AST, local: bool) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import) or (
+                isinstance(child, ast.ImportFrom) and child.module and child.level == 0
+            ):
+                yield child, local
+            inner = local or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+            yield from visit(child, inner)
+
+    yield from visit(ast.parse(path.read_text(encoding="utf-8")), False)
+
+
 def _imports(package: str) -> list[tuple[Path, str]]:
     found = []
     for path in sorted((REPO / package).rglob("*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
+        for node, _local in _import_nodes(path):
             if isinstance(node, ast.Import):
                 found += [(path, alias.name) for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.append((path, node.module))
+            else:
+                found.append((path, str(node.module)))
     return found
 
 
-@pytest.mark.parametrize(
-    ("package", "forbidden"),
-    [("ai_core", ("daemon", "dicom_out")), ("dicom_out", ("daemon",))],
-    ids=["ai_core", "dicom_out"],
-)
+@pytest.mark.parametrize(("package", "forbidden"), sorted(PACKAGE_RULES.items()), ids=str)
 def test_import_directions(package: str, forbidden: tuple[str, ...]) -> None:
     bad = [
         f"{path.relative_to(REPO)} imports {name}"
@@ -43,7 +65,99 @@ def test_import_directions(package: str, forbidden: tuple[str, ...]) -> None:
     assert bad == []
 
 
-# -- the module graph of daemon/ and dicom_out/ -------------------------------------------
+def test_daemon_reaches_lab_only_inside_its_cli_commands() -> None:
+    """``ki67node synth/train/evaluate/growth-analysis`` import lab in the command function."""
+    bad = []
+    for path in sorted((REPO / "daemon").rglob("*.py")):
+        in_cli = path.parent == REPO / "daemon" / "cli"
+        for node, local in _import_nodes(path):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            if any(str(n).split(".")[0] == "lab" for n in names) and not (in_cli and local):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno} imports lab")
+    assert bad == []
+
+
+# -- ai_core's public face ----------------------------------------------------------------
+def _public(dotted: str) -> list[str]:
+    """The ``__all__`` of an ai_core package (a cheap import: no submodule is loaded)."""
+    names = importlib.import_module(dotted).__all__
+    assert isinstance(names, list)
+    return names
+
+
+def _is_package(dotted: str) -> bool:
+    return (REPO.joinpath(*dotted.split(".")) / "__init__.py").is_file()
+
+
+def _ai_core_refusal(parts: list[str]) -> str | None:
+    """Why ``ai_core.<parts>`` is not public, or None when it is.
+
+    ``parts[0]`` must be in ``ai_core.__all__``; when it is a package, the next
+    name (a submodule, or a name imported from the package) must be in that
+    package's ``__all__``; no name may be private (leading underscore).
+    """
+    if any(part.startswith("_") for part in parts):
+        return "a private name"
+    if not parts:
+        return "import a public module of ai_core, not the package"
+    if parts[0] not in _public("ai_core"):
+        return "not in ai_core.__all__"
+    package = f"ai_core.{parts[0]}"
+    if _is_package(package) and len(parts) > 1 and parts[1] not in _public(package):
+        return f"not in {package}.__all__"
+    return None
+
+
+def _ai_core_uses(package: str) -> Iterator[tuple[Path, int, list[str]]]:
+    """(file, line, the dotted name after ``ai_core.``) of every use of ai_core in ``package``.
+
+    ``from ai_core.a.b import c`` is the name ``a.b.c``; ``import ai_core.a.b`` is ``a.b``.
+    """
+    for path in sorted((REPO / package).rglob("*.py")):
+        for node, _local in _import_nodes(path):
+            if isinstance(node, ast.Import):
+                dotted = [a.name.split(".") for a in node.names]
+                yield from ((path, node.lineno, d[1:]) for d in dotted if d[0] == "ai_core")
+            elif str(node.module).split(".")[0] == "ai_core":
+                module = str(node.module).split(".")[1:]
+                yield from ((path, node.lineno, [*module, a.name]) for a in node.names)
+
+
+def test_public_face_names_exist() -> None:
+    for package in ("ai_core", "ai_core.model", "ai_core.segmentation"):
+        module = importlib.import_module(package)
+        for name in _public(package):
+            submodule = REPO.joinpath(*package.split("."), name)
+            assert (
+                hasattr(module, name)
+                or submodule.with_suffix(".py").is_file()
+                or (submodule / "__init__.py").is_file()
+            ), f"{package}.__all__ names {name}, which does not exist"
+
+
+def test_public_face_rule_refuses_the_internals() -> None:
+    assert _ai_core_refusal(["volume"]) is None
+    assert _ai_core_refusal(["model", "predict"]) is None
+    assert _ai_core_refusal(["segmentation", "make_backend"]) is None
+    assert _ai_core_refusal(["preprocess"]) == "not in ai_core.__all__"
+    assert _ai_core_refusal(["model", "network"]) == "not in ai_core.model.__all__"
+    assert _ai_core_refusal(["segmentation", "unet"]) == "not in ai_core.segmentation.__all__"
+    assert _ai_core_refusal(["volume", "_private"]) == "a private name"
+    assert _ai_core_refusal(["model", "predict", "Prediction"]) is None
+    assert _ai_core_refusal(["model", "network", "CascadedMixingTransformer"]) is not None
+
+
+@pytest.mark.parametrize("package", ["daemon", "dicom_out"])
+def test_daemon_and_dicom_out_use_only_ai_cores_public_face(package: str) -> None:
+    bad = [
+        f"{path.relative_to(REPO)}:{line} imports ai_core.{'.'.join(parts)}: {why}"
+        for path, line, parts in _ai_core_uses(package)
+        if (why := _ai_core_refusal(parts))
+    ]
+    assert bad == []
+
+
+# -- the module graph ---------------------------------------------------------------------
 def _modules(*packages: str) -> dict[str, Path]:
     """Dotted name -> file, migrations excluded (Alembic loads them by path)."""
     out = {}
@@ -134,8 +248,9 @@ def test_the_circle_finder_finds_a_circle() -> None:
     assert _circles(graph) == [["a", "b", "c"]]
 
 
-def test_no_import_circle_in_daemon_or_dicom_out() -> None:
-    assert _circles(_graph("daemon", "dicom_out")) == []
+def test_no_import_circle_anywhere() -> None:
+    circles = _circles(_graph("ai_core", "dicom_out", "daemon", "lab"))
+    assert circles == [], "import circles: " + "; ".join(" <-> ".join(c) for c in circles)
 
 
 # The stages of daemon/ (docs/architecture.md) and what each must never import
@@ -176,6 +291,18 @@ def test_serving_process_does_not_import_torch() -> None:
     code = (
         f"import sys, daemon.serve, daemon.cli, {', '.join(names)};"
         "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_serving_process_does_not_load_lab() -> None:
+    """Every daemon module (``ki67node serve``, its workers, the CLI) and the parser: no lab."""
+    names = sorted(n for n in _modules("daemon") if not n.endswith(".__main__"))
+    code = (
+        f"import sys, {', '.join(names)};"
+        "daemon.cli.build_parser();"
+        "print(sorted(m for m in sys.modules if m == 'lab' or m.startswith('lab.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -173,7 +173,7 @@ def test_targets_refuse_rows_of_two_models() -> None:
 
 @pytest.mark.slow
 def test_end_to_end_on_one_small_case(tmp_path: Path) -> None:
-    from ai_core.synth import generate_cohort
+    from lab.synth import generate_cohort
 
     cohort = tmp_path / "cohort"
     generate_cohort(cohort, cases=1, seed=5, size="small", progress=False)

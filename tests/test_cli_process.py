@@ -48,7 +48,7 @@ class Run:
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    from ai_core.synth import generate_cohort
+    from lab.synth import generate_cohort
 
     cohort = tmp_path_factory.mktemp("cohort") / "c"
     generate_cohort(cohort, cases=1, seed=5252, progress=False)

@@ -293,7 +293,7 @@ def test_overlay_refuses_a_seg_of_another_frame_of_reference(built: Built, tmp_p
 def test_realistic_synthetic_case_round_trips(tmp_path: Path) -> None:
     """A synthetic study with its ground-truth mask: SEG geometry exact, preview written."""
     from ai_core.analysis import AnalysisOptions, analyse_series
-    from ai_core.synth import generate_cohort
+    from lab.synth import generate_cohort
 
     generate_cohort(tmp_path / "cohort", cases=1, seed=23, size="small", progress=False)
     with open(tmp_path / "cohort" / "manifest.csv", newline="") as handle:

@@ -48,7 +48,7 @@ class Patient:
 
 @pytest.fixture(scope="module")
 def patient(tmp_path_factory: pytest.TempPathFactory) -> Patient:
-    from ai_core.synth import generate_cohort
+    from lab.synth import generate_cohort
 
     out = tmp_path_factory.mktemp("long") / "c"
     generate_cohort(out, cases=2, seed=SEED, longitudinal=True, progress=False)

@@ -42,7 +42,7 @@ class Study:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
-    from ai_core.synth import generate_cohort
+    from lab.synth import generate_cohort
 
     out = tmp_path_factory.mktemp("cohort") / "c"
     generate_cohort(out, cases=1, seed=5151, progress=False)

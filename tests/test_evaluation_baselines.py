@@ -9,8 +9,8 @@ import numpy.typing as npt
 import pytest
 
 from ai_core.errors import EvaluationError
-from ai_core.evaluation.baselines import CLINICAL_FEATURES, ClinicalBaseline, RadiomicsBaseline
-from ai_core.evaluation.metrics import roc_auc
+from lab.evaluation.baselines import CLINICAL_FEATURES, ClinicalBaseline, RadiomicsBaseline
+from lab.evaluation.metrics import roc_auc
 
 INFORMATIVE = (3, 50, 120, 200, 333)  # radiomics columns that carry the label
 

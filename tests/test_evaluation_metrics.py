@@ -1,4 +1,4 @@
-"""Metrics of ai_core.evaluation.metrics against sklearn, hand-computed tables and a slow DeLong."""
+"""Metrics of lab.evaluation.metrics against sklearn, hand-computed tables and a slow DeLong."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scipy import stats
 from sklearn.metrics import f1_score, matthews_corrcoef, roc_auc_score, roc_curve
 
 from ai_core.errors import EvaluationError
-from ai_core.evaluation.metrics import (
+from lab.evaluation.metrics import (
     METRIC_NAMES,
     BinaryMetrics,
     Interval,

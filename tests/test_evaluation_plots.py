@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ai_core.errors import EvaluationError
-from ai_core.evaluation.metrics import Interval, roc_curve_points
-from ai_core.evaluation.plots import plot_metric_intervals, plot_roc, plot_training_curve
+from lab.evaluation.metrics import Interval, roc_curve_points
+from lab.evaluation.plots import plot_metric_intervals, plot_roc, plot_training_curve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from ai_core.errors import ModelError
-from ai_core.evaluation.growth_report import adopt_risk_threshold
 from ai_core.model.bundle import BUNDLED_DIR, load_bundle
 from ai_core.model.inputs import CropGeometry
 from ai_core.model.predict import Prediction
+from lab.evaluation.growth_report import adopt_risk_threshold
 
 
 @pytest.fixture
@@ -79,8 +79,8 @@ def test_risk_group_follows_the_risk_threshold_not_the_class() -> None:
 def test_feature_cache_key_follows_the_segmentation_models_content(tmp_path: Path) -> None:
     """Cases without a mask are segmented: new weights or rules in the same folder must not
     reuse cached features (the key holds the folder's content, not only its path)."""
-    from ai_core.model.feature_cache import FeatureParams, model_fingerprint
     from ai_core.segmentation.unet import BUNDLED_MODEL_DIR
+    from lab.model.feature_cache import FeatureParams, model_fingerprint
 
     folder = tmp_path / "seg"
     shutil.copytree(BUNDLED_MODEL_DIR, folder)

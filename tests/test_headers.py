@@ -23,8 +23,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from ai_core.synth.vendors import KINDS, PRIVATE_TAGS, VENDORS, series_profile
 from daemon.intake.headers import PRIVATE_ATTRIBUTES, extract_header
+from lab.synth.vendors import KINDS, PRIVATE_TAGS, VENDORS, series_profile
 from tests.conftest import require_tool
 from tests.factories import make_mr_series, make_study, write_series
 

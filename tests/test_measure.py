@@ -12,7 +12,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from ai_core.measure import measure, surface_points
-from ai_core.synth import generate_cohort
+from lab.synth import generate_cohort
 
 GRID_ROTATION = Rotation.from_euler("xyz", [25.0, -10.0, 35.0], degrees=True).as_matrix()
 SHAPE_ROTATION = Rotation.from_euler("zyx", [40.0, 15.0, -20.0], degrees=True).as_matrix()

@@ -33,7 +33,7 @@ CASES = 4
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ai_core.synth import generate_cohort
+    from lab.synth import generate_cohort
 
     out = tmp_path_factory.mktemp("bundled") / "cohort"
     summary = generate_cohort(out, cases=CASES, seed=61, size="small", progress=False)
@@ -48,9 +48,9 @@ def test_explanation_hot_spot_lies_on_the_tumour(cases: Path) -> None:
 
     from ai_core.analysis import AnalysisOptions, analyse_series
     from ai_core.image import Grid, resample_mask
-    from ai_core.model.cases import read_manifest
-    from ai_core.model.feature_cache import series_files
     from ai_core.model.predict import Predictor
+    from lab.model.cases import read_manifest
+    from lab.model.feature_cache import series_files
 
     bundle = load_bundle()
     predictor = Predictor(bundle, device="cpu")

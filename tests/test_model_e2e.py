@@ -16,18 +16,18 @@ import pytest
 
 from ai_core.errors import ModelError
 from ai_core.model.bundle import load_bundle
-from ai_core.model.cases import read_manifest
-from ai_core.model.feature_cache import FeatureParams
-from ai_core.model.fit import load_table
-from ai_core.model.train import predict_table
 from daemon.cli import main
+from lab.model.cases import read_manifest
+from lab.model.feature_cache import FeatureParams
+from lab.model.fit import load_table
+from lab.model.train import predict_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _cohort(root: Path, name: str, cases: int, seed: int, profile: str) -> Path:
-    from ai_core.synth import generate_cohort
-    from ai_core.synth.profiles import PROFILES
+    from lab.synth import generate_cohort
+    from lab.synth.profiles import PROFILES
 
     site = PROFILES[profile]
     # balanced labels so that a dozen cases hold both classes in every split
@@ -161,9 +161,9 @@ def test_evaluate_writes_the_paper_style_report(trained: dict[str, Path]) -> Non
 
 def test_predictor_on_a_real_analysis(trained: dict[str, Path]) -> None:
     from ai_core.analysis import AnalysisOptions, analyse_series
-    from ai_core.model.feature_cache import series_files
     from ai_core.model.inputs import Characteristics
     from ai_core.model.predict import Predictor
+    from lab.model.feature_cache import series_files
 
     case = read_manifest(trained["dev"])[0]
     bundle = load_bundle(trained["model"])

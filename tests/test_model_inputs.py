@@ -9,7 +9,6 @@ import pytest
 
 from ai_core.errors import EvaluationError, ModelError
 from ai_core.image import Grid
-from ai_core.model.cases import read_manifest, read_manifests
 from ai_core.model.inputs import (
     Characteristics,
     CropParams,
@@ -18,6 +17,7 @@ from ai_core.model.inputs import (
     parse_bool,
     tumour_crop,
 )
+from lab.model.cases import read_manifest, read_manifests
 
 AXIAL = np.eye(3)
 # sagittal slices: columns run anterior->posterior, rows superior->inferior, slices right->left

@@ -189,7 +189,7 @@ def test_config_from_dict_missing_key_takes_default() -> None:
 
 
 def test_train_settings_check_the_moving_average() -> None:
-    from ai_core.model.train import TrainSettings
+    from lab.model.train import TrainSettings
 
     assert TrainSettings(ema_decay=0.98).to_dict()["ema_decay"] == 0.98
     for bad in (1.0, -0.1):
@@ -638,7 +638,7 @@ def test_a_few_steps_reduce_the_loss_on_a_learnable_toy() -> None:
 
 
 def test_linear_path_learning_rate_multiple_and_every_weight_optimised_once() -> None:
-    from ai_core.model.warm_start import parameter_groups
+    from lab.model.warm_start import parameter_groups
 
     model = CascadedMixingTransformer(TINY)
     groups = parameter_groups(model, 1e-3, 30.0)
@@ -652,7 +652,7 @@ def test_linear_path_learning_rate_multiple_and_every_weight_optimised_once() ->
 
 
 def test_a_multiple_of_zero_freezes_the_linear_path() -> None:
-    from ai_core.model.warm_start import parameter_groups
+    from lab.model.warm_start import parameter_groups
 
     model = CascadedMixingTransformer(TINY)
     assert model.linear is not None
@@ -708,8 +708,8 @@ def test_warm_start_fits_the_linear_path_as_a_logistic_regression() -> None:
     """y depends on a texture value and one characteristic: the warm start finds both."""
     from types import SimpleNamespace
 
-    from ai_core.evaluation.metrics import roc_auc
-    from ai_core.model.warm_start import warm_start_linear
+    from lab.evaluation.metrics import roc_auc
+    from lab.model.warm_start import warm_start_linear
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
@@ -762,7 +762,7 @@ def test_a_linear_path_saved_without_its_centre_loads_with_zero() -> None:
 
 
 def _tiny_table(n: int, seed: int):  # type: ignore[no-untyped-def]
-    from ai_core.model.data import CaseTable
+    from lab.model.data import CaseTable
 
     rng = np.random.default_rng(seed)
     crops = np.zeros((n, 2, *TINY.crop_size), dtype=np.float16)
@@ -792,10 +792,10 @@ def _tiny_table(n: int, seed: int):  # type: ignore[no-untyped-def]
 def test_training_keeps_the_frozen_linear_path_and_shrinks_the_attention_path() -> None:
     """linear_lr_mult 0: the regression fitted before epoch 1 is the one kept; a larger
     residual_l2 keeps the attention path's logits closer to 0."""
-    from ai_core.model.data import standardised_radiomics
-    from ai_core.model.train import TrainSettings, train_run
-    from ai_core.model.warm_start import training_summaries, warm_start_linear
     from ai_core.radiomics_standardiser import RadiomicsStandardiser
+    from lab.model.data import standardised_radiomics
+    from lab.model.train import TrainSettings, train_run
+    from lab.model.warm_start import training_summaries, warm_start_linear
 
     train, val = _tiny_table(24, 1), _tiny_table(12, 2)
     std = RadiomicsStandardiser.fit(
@@ -822,7 +822,7 @@ def test_training_keeps_the_frozen_linear_path_and_shrinks_the_attention_path() 
             torch.testing.assert_close(run.state_dict[f"linear.{key}"], value)
         model = CascadedMixingTransformer(TINY).eval()
         model.load_state_dict(run.state_dict)
-        from ai_core.model.data import batch_tensors
+        from lab.model.data import batch_tensors
 
         z, known = standardised_radiomics(val, std)
         with torch.no_grad():

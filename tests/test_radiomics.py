@@ -71,8 +71,8 @@ def shape_params(tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def synth_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One small synthetic study: preprocessed-like T1C array, its true mask and truth row."""
-    from ai_core.synth import generate_cohort
     from ai_core.volume import load_series
+    from lab.synth import generate_cohort
 
     nib = pytest.importorskip("nibabel")
     out = tmp_path_factory.mktemp("radiomics") / "cohort"

@@ -344,7 +344,9 @@ def test_bundled_model_is_described_small_and_loads() -> None:
     weights = BUNDLED_MODEL_DIR / model.weights_file
     assert weights.stat().st_size < MAX_WEIGHTS_BYTES
     assert "research use only" in meta["notice"]
-    assert meta["training"]["command"].startswith("python -m ai_core.segmentation.train")
+    # weights 0.2.0 were trained before the trainer moved to lab/ (issue 18, item 4)
+    trainers = ("python -m lab.segmentation.train", "python -m ai_core.segmentation.train")
+    assert meta["training"]["command"].startswith(trainers)
     assert isinstance(meta["training"]["params"]["seed"], int)
     # held out: never a training head, never the cohort the post-processing was tuned on
     assert not set(meta["training"]["heads"]) & set(meta["evaluation"]["heads"])
@@ -361,9 +363,9 @@ def test_bundled_model_is_described_small_and_loads() -> None:
 
 @pytest.mark.slow
 def test_bundled_model_segments_a_synthetic_case(tmp_path: Path) -> None:
-    from ai_core.segmentation.holdout import dice as train_dice
-    from ai_core.segmentation.holdout import load_cohort
-    from ai_core.synth import generate_cohort
+    from lab.segmentation.holdout import dice as train_dice
+    from lab.segmentation.holdout import load_cohort
+    from lab.synth import generate_cohort
 
     generate_cohort(tmp_path / "c", cases=1, seed=5, size="small", progress=False)
     (case,) = load_cohort(tmp_path / "c")

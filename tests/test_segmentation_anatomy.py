@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from ai_core.segmentation import STATUS_NOT_ASSESSABLE, STATUS_OK
-from ai_core.segmentation.holdout import Case, dice, load_case
-from ai_core.segmentation.labelmaps import TRAINING_HEADS
 from ai_core.segmentation.unet import UNetBackend
-from ai_core.synth.anatomy import Label
+from lab.segmentation.holdout import Case, dice, load_case
+from lab.segmentation.labelmaps import TRAINING_HEADS
+from lab.synth.anatomy import Label
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +31,10 @@ TUMOUR_FREE_CASE = (43, 0, 14)
 
 
 def _render(tmp: Path, seed: int, index: int, head: int, **options: object) -> tuple[Case, dict]:
-    from ai_core.synth.output import write_mask
-    from ai_core.synth.plan import CohortOptions, plan_case
-    from ai_core.synth.profiles import PROFILES
-    from ai_core.synth.render import render_case
+    from lab.synth.output import write_mask
+    from lab.synth.plan import CohortOptions, plan_case
+    from lab.synth.profiles import PROFILES
+    from lab.synth.render import render_case
 
     assert head not in TRAINING_HEADS
     opts = CohortOptions(heads=(head,), t1c_only=True, **options)  # type: ignore[arg-type]
@@ -124,7 +124,7 @@ def _texts(item: Any) -> list[str]:
 
 
 def test_the_training_label_maps_hold_the_decoys_and_the_intracranial_space() -> None:
-    from ai_core.segmentation.labelmaps import INTRACRANIAL, TUMOUR_CODES, build_label_map
+    from lab.segmentation.labelmaps import INTRACRANIAL, TUMOUR_CODES, build_label_map
 
     lm = build_label_map(np.random.default_rng(3), head=2, volume_range_cm3=(1.0, 2.0))
     present = set(np.unique(lm.labels).tolist())

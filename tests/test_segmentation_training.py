@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from ai_core.segmentation.dura import dural_distance
-from ai_core.segmentation.labelmaps import INTRACRANIAL, TUMOUR_CODES, LabelMap, SegLabel
-from ai_core.segmentation.synthesis import SynthesisParams, synthesise
-from ai_core.synth.anatomy import Label
+from lab.segmentation.labelmaps import INTRACRANIAL, TUMOUR_CODES, LabelMap, SegLabel
+from lab.segmentation.synthesis import SynthesisParams, synthesise
+from lab.synth.anatomy import Label
 
 
 def toy_map(tumour: bool = True) -> LabelMap:
@@ -96,8 +96,8 @@ def test_warm_start_keeps_the_old_tumour_probability_exactly(tmp_path: Path) -> 
 
     import torch
 
-    from ai_core.segmentation.train import warm_start
     from ai_core.segmentation.unet import UNetArchitecture
+    from lab.segmentation.train import warm_start
 
     torch.manual_seed(0)
     old_arch = UNetArchitecture(channels=(4, 8, 16), strides=(2, 2))

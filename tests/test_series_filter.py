@@ -12,10 +12,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from ai_core.synth.vendors import VENDORS, description_variants
 from daemon.intake.headers import extract_header
 from daemon.intake.series_filter import CHECKS, FilterVerdict, decide_series
 from daemon.settings import FilterSettings
+from lab.synth.vendors import VENDORS, description_variants
 from tests.factories import make_mr_series, make_study
 
 N_SLICES = 10

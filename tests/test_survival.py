@@ -13,10 +13,10 @@ from lifelines import KaplanMeierFitter
 from lifelines.statistics import logrank_test
 
 from ai_core.errors import EvaluationError
-from ai_core.evaluation import survival as sv
-from ai_core.evaluation.growth_report import write_growth_report
-from ai_core.evaluation.survival_plots import footer_text
-from ai_core.evaluation.survival_report import (
+from lab.evaluation import survival as sv
+from lab.evaluation.growth_report import write_growth_report
+from lab.evaluation.survival_plots import footer_text
+from lab.evaluation.survival_report import (
     RISK,
     GrowthCohort,
     analyse,

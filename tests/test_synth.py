@@ -1,4 +1,4 @@
-"""ai_core.synth: the synthetic cohort generator (issue 3, item 1).
+"""lab.synth: the synthetic cohort generator (issue 3, item 1).
 
 One small cohort (2 mm voxels, three cases) is generated per module; its seed
 and site profile were chosen so that the three cases cover every variant
@@ -26,18 +26,18 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from ai_core.synth.anatomy import SynthError
-from ai_core.synth.clinical import (
+from lab.synth.anatomy import SynthError
+from lab.synth.clinical import (
     KI67_THRESHOLD,
     LabelModel,
     auc,
     draw_features,
     population_bayes_auc,
 )
-from ai_core.synth.cohort import generate_cohort
-from ai_core.synth.plan import STREAM_CLINICAL, stream
-from ai_core.synth.profiles import PROFILES
-from ai_core.synth.vendors import series_profile
+from lab.synth.cohort import generate_cohort
+from lab.synth.plan import STREAM_CLINICAL, stream
+from lab.synth.profiles import PROFILES
+from lab.synth.vendors import series_profile
 from tests.conftest import require_tool
 
 SEED = 7
@@ -123,7 +123,7 @@ def test_layout_and_summary_files(cohort: Path, truth: list[dict[str, Any]]) -> 
         "manifest.csv",
     }
     assert not list(cohort.rglob("*.tmp*"))
-    from ai_core.model.cases import read_manifest
+    from lab.model.cases import read_manifest
 
     cases = read_manifest(cohort / "manifest.csv")
     assert [c.label for c in cases] == [int(r["ki67_high"]) for r in rows]
@@ -361,7 +361,7 @@ def test_nothing_is_written_outside_out_dir(tmp_path: Path) -> None:
         "MPLCONFIGDIR": str(dirs["cache"]),
     }
     code = (
-        "from pathlib import Path; from ai_core.synth.cohort import generate_cohort;"
+        "from pathlib import Path; from lab.synth.cohort import generate_cohort;"
         f"generate_cohort(Path({str(tmp_path / 'out')!r}), cases=1, seed=3, size='small')"
     )
     repo = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""ai_core.synth: distinct heads, segmentation-benchmark options and growth pairs.
+"""lab.synth: distinct heads, segmentation-benchmark options and growth pairs.
 
 Small cases (2 mm world grid) only. The default cohort must stay exactly what
 it was before these options existed: its pixel and truth hashes are pinned.
@@ -18,15 +18,15 @@ import numpy as np
 import pydicom
 import pytest
 
-from ai_core.synth.anatomy import Label, SynthError, paint_pituitary
-from ai_core.synth.cohort import generate_cohort
-from ai_core.synth.contrast import HeadLayers, build_labels, label_table
-from ai_core.synth.head_build import head_model
-from ai_core.synth.heads import HeadVariant, head_variant
-from ai_core.synth.plan import CohortOptions, plan_case
-from ai_core.synth.profiles import PROFILES
-from ai_core.synth.render import render_case
 from daemon.cli import main
+from lab.synth.anatomy import Label, SynthError, paint_pituitary
+from lab.synth.cohort import generate_cohort
+from lab.synth.contrast import HeadLayers, build_labels, label_table
+from lab.synth.head_build import head_model
+from lab.synth.heads import HeadVariant, head_variant
+from lab.synth.plan import CohortOptions, plan_case
+from lab.synth.profiles import PROFILES
+from lab.synth.render import render_case
 
 # generate_cohort(cases=1, seed=5, size="small") before distinct heads existed
 # (pixel arrays of every series, and ground_truth.csv without the new columns)
@@ -233,7 +233,7 @@ def test_longitudinal_rejects_benchmark_options(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_pairs_change_is_the_truth_ratio(tmp_path: Path) -> None:
-    from ai_core.synth.pairs import PAIRS_COLUMNS, generate_pairs
+    from lab.synth.pairs import PAIRS_COLUMNS, generate_pairs
 
     out = tmp_path / "pairs"
     summary = generate_pairs(

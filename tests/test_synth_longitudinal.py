@@ -12,10 +12,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from ai_core.synth.anatomy import SynthError
-from ai_core.synth.cohort import generate_cohort
-from ai_core.synth.growth import GrowthModel, calibration, draw_growth, km_incidence, simulate
-from ai_core.synth.longitudinal import generate_longitudinal
+from lab.synth.anatomy import SynthError
+from lab.synth.cohort import generate_cohort
+from lab.synth.growth import GrowthModel, calibration, draw_growth, km_incidence, simulate
+from lab.synth.longitudinal import generate_longitudinal
 
 
 def test_growth_is_calibrated_to_the_source_study() -> None:

@@ -2,6 +2,10 @@
 
 Importing this package is cheap (no torch, MONAI or SimpleITK); the heavy
 imports happen when a backend is built. :func:`make_backend` picks one by name.
+
+``__all__`` is what ``daemon`` and ``dicom_out`` may use: the names below and
+one submodule, :mod:`~ai_core.segmentation.received_seg` (a radiologist's
+SEG as a mask). The backends' modules are reached through :func:`make_backend`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = [
     "SegmentationResult",
     "make_backend",
     "postprocess",
+    "received_seg",
 ]
 
 

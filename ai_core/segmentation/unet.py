@@ -156,7 +156,7 @@ def load_unet_model(folder: Path | None = None) -> UNetModel:
     except FileNotFoundError:
         raise SegmentationError(
             f"{path} not found: a U-Net model folder needs model.json and its weights "
-            "(train one with `python -m ai_core.segmentation.train`)"
+            "(train one with `python -m lab.segmentation.train`)"
         ) from None
     except (OSError, ValueError) as exc:
         raise SegmentationError(f"{path} is unreadable ({exc}); restore the model folder") from exc

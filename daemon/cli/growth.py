@@ -1,6 +1,6 @@
 """``ki67node growth-analysis``: the source study's surveillance analysis on a site's cohort.
 
-Thin wrapper: arguments in, :mod:`ai_core.evaluation.survival_report` does
+Thin wrapper: arguments in, :mod:`lab.evaluation.survival_report` does
 the work (docs/growth-analysis.md), a short summary out.
 """
 
@@ -17,9 +17,10 @@ from daemon.cli.common import add_workers_option, positive_int, setup_logging
 def cmd_growth_analysis(args: argparse.Namespace) -> int:
 
     setup_logging("DEBUG" if args.debug else "INFO")
-    from ai_core.evaluation.growth_report import run_growth_analysis
-    from ai_core.evaluation.survival_report import PAPER
+    # research tooling (lab) and torch (predict): not loaded by serve
     from ai_core.model.predict import resolve_device
+    from lab.evaluation.growth_report import run_growth_analysis
+    from lab.evaluation.survival_report import PAPER
 
     results, report = run_growth_analysis(
         [Path(m) for m in args.manifest],
@@ -36,8 +37,9 @@ def cmd_growth_analysis(args: argparse.Namespace) -> int:
     )
     adopted = ""
     if args.adopt_risk_threshold:
-        from ai_core.evaluation.growth_report import adopt_risk_threshold, risk_threshold_record
+        # research tooling (lab): not loaded by serve
         from ai_core.model.bundle import BUNDLED_DIR
+        from lab.evaluation.growth_report import adopt_risk_threshold, risk_threshold_record
 
         record = risk_threshold_record(results)
         if record is None:

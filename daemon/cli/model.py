@@ -1,7 +1,7 @@
 """``ki67node train`` and ``ki67node evaluate``: the research side of the command line.
 
-Thin wrappers: arguments in, :mod:`ai_core.model.fit` /
-:mod:`ai_core.evaluation.evaluate` do the work, a short summary out.
+Thin wrappers: arguments in, :mod:`lab.model.fit` /
+:mod:`lab.evaluation.evaluate` do the work, a short summary out.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from daemon.cli.common import add_workers_option, positive_int, setup_logging
 
 log = logging.getLogger("ki67node")
 
-#: Default of --ema-decay (ai_core.model.train.TrainSettings.ema_decay).
+#: Default of --ema-decay (lab.model.train.TrainSettings.ema_decay).
 EMA_DECAY = 0.0
 
 
@@ -37,8 +37,9 @@ def _non_negative(text: str) -> float:
 
 
 def _train_settings(args: argparse.Namespace) -> Any:
+    # research tooling (lab) and torch (predict): not loaded by serve
     from ai_core.model.predict import resolve_device
-    from ai_core.model.train import TrainSettings
+    from lab.model.train import TrainSettings
 
     return TrainSettings(
         epochs=args.epochs,
@@ -91,8 +92,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
 
     setup_logging("DEBUG" if args.debug else "INFO")
-    from ai_core.model.fit import train_bundle
+    # research tooling (lab) and SimpleITK (inputs): not loaded by serve
     from ai_core.model.inputs import CropParams
+    from lab.model.fit import train_bundle
 
     out = Path(args.out)
     outcome = train_bundle(
@@ -119,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"run `ki67node evaluate` for held-out estimates)\n"
         f"training curve: {outcome.curve}\n"
         "segmentation is not trained by this command: see docs/segmentation.md "
-        "(python -m ai_core.segmentation.train)\n"
+        "(python -m lab.segmentation.train)\n"
         f"{DISCLAIMER}"
     )
     return 0
@@ -128,8 +130,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
 
     setup_logging("DEBUG" if args.debug else "INFO")
-    from ai_core.evaluation.evaluate import evaluate_manifest
-    from ai_core.evaluation.protocol import OUTPUT1, EvaluateSettings, summary_table
+    # research tooling, not loaded by serve
+    from lab.evaluation.evaluate import evaluate_manifest
+    from lab.evaluation.protocol import OUTPUT1, EvaluateSettings, summary_table
 
     settings = EvaluateSettings(
         runs=args.runs, bootstrap=args.bootstrap, seed=args.seed, train=_train_settings(args)

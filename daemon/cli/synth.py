@@ -1,6 +1,6 @@
 """``ki67node synth``: a synthetic cohort (DICOM studies + ground truth) for demos, tests and benchmarks.
 
-Thin wrapper: arguments in, :mod:`ai_core.synth` does the work (docs/synthetic-cohort.md).
+Thin wrapper: arguments in, :mod:`lab.synth` does the work (docs/synthetic-cohort.md).
 """
 
 from __future__ import annotations
@@ -144,10 +144,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.pairs and args.tumour_free is not None:
         return _synth_usage("--pairs needs a tumour in every study; drop --tumour-free")
     setup_logging("INFO")
-    from ai_core.synth import generate_cohort
+    # research tooling, not loaded by serve
+    from lab.synth import generate_cohort
 
     if args.pairs:
-        from ai_core.synth.pairs import DEFAULT_PAIR_HEADS, generate_pairs
+        # research tooling, not loaded by serve
+        from lab.synth.pairs import DEFAULT_PAIR_HEADS, generate_pairs
 
         pairs = generate_pairs(
             Path(args.out_dir),
@@ -165,7 +167,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         )
         return 0
     if args.longitudinal or args.baseline_only:
-        from ai_core.synth.longitudinal import generate_longitudinal
+        # research tooling, not loaded by serve
+        from lab.synth.longitudinal import generate_longitudinal
 
         growth = generate_longitudinal(
             Path(args.out_dir),

@@ -25,8 +25,7 @@ from pydicom.dataset import Dataset
 from ai_core.analysis import AnalysisOptions, ImageAnalysis, analyse_series
 from ai_core.model.inputs import Characteristics
 from ai_core.model.predict import Prediction, Predictor
-from ai_core.segmentation import make_backend
-from ai_core.segmentation.base import SegmentationBackend
+from ai_core.segmentation import SegmentationBackend, make_backend
 from ai_core.volume import Volume, load_series
 from daemon import __version__
 from daemon.settings import PipelineSettings
