@@ -196,7 +196,7 @@ class Predictor:
             probability_output2=p2,
             ki67_high=p1 >= self.bundle.threshold,
             threshold=self.bundle.threshold,
-            risk_threshold=self.bundle.risk_threshold,
+            risk_threshold=self.bundle.risk_threshold if self.bundle.growth_risk else None,
             inputs_used=dict(
                 zip(("mri", "characteristics", "radiomics"), inputs.present, strict=True)
             ),
