@@ -290,6 +290,7 @@ def test_overlay_refuses_a_seg_of_another_frame_of_reference(built: Built, tmp_p
         seg_overlay_png(built.seg, other, tmp_path / "x.png")
 
 
+@pytest.mark.slow  # the fast lane has the same checks on every vendor variant (`built`)
 def test_realistic_synthetic_case_round_trips(tmp_path: Path) -> None:
     """A synthetic study with its ground-truth mask: SEG geometry exact, preview written."""
     from ai_core.analysis import AnalysisOptions, analyse_series

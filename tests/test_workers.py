@@ -305,8 +305,11 @@ def test_stop_terminates_idle_workers_and_gives_back_a_running_job(
     wait_for("both workers up", lambda: all(s["alive"] for s in sup.status()), sup)
     pids = [s["pid"] for s in sup.status()]
     started = time.monotonic()
-    sup.stop(timeout=1.5)
-    assert time.monotonic() - started < 1.5 + 5.0
+    # the idle worker must leave on SIGTERM within the timeout: generous, because on a busy
+    # machine (`make check` runs the test files in parallel) it may wait seconds for a core
+    stop_timeout = 5.0
+    sup.stop(timeout=stop_timeout)
+    assert time.monotonic() - started < stop_timeout + 5.0
     assert all(gone(pid) for pid in pids)
     codes = sorted(s["last_exitcode"] for s in sup.status())
     assert codes == [-signal.SIGKILL, 0]  # the idle one left on SIGTERM, the hung one was killed
