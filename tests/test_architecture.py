@@ -2,13 +2,11 @@
 of daemon or dicom_out; dicom_out knows nothing of daemon; inside daemon each
 stage imports only the stages before it; no import circle anywhere in daemon
 or dicom_out (function-local imports included); the listener side never
-imports torch (a GPU crash must not stop intake); only the composition root
-(serve, the CLI) takes the whole ``Settings``, every component its sections."""
+imports torch (a GPU crash must not stop intake)."""
 
 from __future__ import annotations
 
 import ast
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -184,10 +182,11 @@ def test_serving_process_does_not_import_torch() -> None:
 
 
 # -- settings: only the composition root reads the whole Settings ------------------------------
+# Every component takes the section(s) it uses (``NodeSettings``, ``DeliverySettings``,
+# ``JobSettings``, ``DatabaseTarget``...), never the whole ``Settings``.
 # The modules that may take a parameter annotated ``Settings``: the settings module itself,
 # ``serve`` (wires the running node) and the CLI modules whose commands load the
-# configuration. Every other function or class takes the section(s) it uses
-# (``NodeSettings``, ``DeliverySettings``, ``JobSettings``, ``DatabaseTarget``...).
+# configuration.
 COMPOSITION_ROOTS = (
     "daemon.settings",
     "daemon.serve",
@@ -196,7 +195,17 @@ COMPOSITION_ROOTS = (
     "daemon.cli.followups",
     "daemon.cli.results",
 )
-_WHOLE_SETTINGS = re.compile(r"(?<![\w])Settings\b")
+
+
+def _names_settings(annotation: ast.expr | None) -> bool:
+    """Whether the annotation names ``Settings`` (``X | None``, quoted, dotted included)."""
+    if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+        annotation = ast.parse(annotation.value, mode="eval").body
+    return annotation is not None and any(
+        (isinstance(n, ast.Name) and n.id == "Settings")
+        or (isinstance(n, ast.Attribute) and n.attr == "Settings")
+        for n in ast.walk(annotation)
+    )
 
 
 def _takes_whole_settings(tree: ast.AST) -> Iterator[tuple[int, str]]:
@@ -211,15 +220,15 @@ def _takes_whole_settings(tree: ast.AST) -> Iterator[tuple[int, str]]:
                 if arg is None:
                     continue
                 text = "" if arg.annotation is None else ast.unparse(arg.annotation).strip("'\"")
-                if _WHOLE_SETTINGS.search(text) or (
+                if _names_settings(arg.annotation) or (
                     arg.arg == "settings" and text in ("", "Any", "object")
                 ):
                     yield node.lineno, f"{name}({arg.arg}: {text or '?'})"
         elif isinstance(node, ast.ClassDef):
             for item in node.body:
                 if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
-                    text = ast.unparse(item.annotation).strip("'\"")
-                    if _WHOLE_SETTINGS.search(text):
+                    if _names_settings(item.annotation):
+                        text = ast.unparse(item.annotation).strip("'\"")
                         yield item.lineno, f"{node.name}.{item.target.id}: {text}"
 
 
