@@ -170,17 +170,6 @@ def test_stage_import_directions(stage: str) -> None:
     assert bad == []
 
 
-def test_serving_process_does_not_import_torch() -> None:
-    stages = ("dicom", "intake", "delivery", "followup", "ops")
-    names = sorted(n for n in _modules("daemon") if any(_within(n, f"daemon.{s}") for s in stages))
-    code = (
-        f"import sys, daemon.serve, daemon.cli, {', '.join(names)};"
-        "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
 # -- settings: only the composition root reads the whole Settings ------------------------------
 # Every component takes the section(s) it uses (``NodeSettings``, ``DeliverySettings``,
 # ``JobSettings``, ``DatabaseTarget``...), never the whole ``Settings``.
@@ -264,3 +253,14 @@ def test_only_the_composition_root_takes_the_whole_settings() -> None:
         for line, what in _takes_whole_settings(ast.parse(path.read_text(encoding="utf-8")))
     ]
     assert bad == [], "take the section(s) the component uses, not the whole Settings"
+
+
+def test_serving_process_does_not_import_torch() -> None:
+    stages = ("dicom", "intake", "delivery", "followup", "ops")
+    names = sorted(n for n in _modules("daemon") if any(_within(n, f"daemon.{s}") for s in stages))
+    code = (
+        f"import sys, daemon.serve, daemon.cli, {', '.join(names)};"
+        "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
