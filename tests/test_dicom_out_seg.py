@@ -23,7 +23,7 @@ from dicom_out import codes
 from dicom_out.context import SERIES_NUMBER_SEG, OutputContext, OutputError
 from dicom_out.preview import PreviewParams, outline_rgb, seg_mask_on_volume, seg_overlay_png
 from dicom_out.seg import SEGMENT_LABEL, build_seg, tracking_uid
-from tests.dicom_out_cases import VARIANTS, BrightBlob, dciodvfy, make_context
+from tests.dicom_out_cases import VARIANTS, BrightBlob, dciodvfy, make_context, variant_context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ VARIANT_PARAMS = [pytest.param(v.values, id=v.id) for v in VARIANTS]
 @pytest.fixture(scope="module", params=VARIANT_PARAMS)
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
     vendor, orientation, enhanced = request.param
-    ctx = make_context(tmp_path_factory.mktemp("seg"), vendor, orientation, enhanced)
+    ctx = variant_context(tmp_path_factory, vendor, orientation, enhanced)
     seg = build_seg(ctx)
     return Built(ctx, seg, _read_back(seg))
 
