@@ -96,8 +96,8 @@ def legend_lines(prediction: Prediction) -> tuple[str, ...]:
     return (
         f"Ki-67 >= 5 %: probability {prediction.probability_output1:.2f} (Output 1) -> "
         f"{verdict} (threshold {prediction.threshold:.2f})",
-        f"Output 2 ({radiomics}): probability {prediction.probability_output2:.2f}; "
-        f"growth-risk group: {prediction.risk_group}",
+        f"Output 2 ({radiomics}): probability {prediction.probability_output2:.2f}",
+        _risk_line(prediction),
         f"Inputs: {', '.join(used) if used else 'none'}",
         *map_line,
         *model,
@@ -197,3 +197,13 @@ def _source_images(ctx: OutputContext, z_indices: Sequence[int]) -> DicomSequenc
         item.PurposeOfReferenceCodeSequence = [purpose]
         items.append(item)
     return DicomSequence(items)
+
+
+def _risk_line(prediction: Prediction) -> str:
+    """The growth-risk group, with the Output 1 threshold that set it when it is not the class's."""
+    group = f"Growth-risk group: {prediction.risk_group}"
+    t = prediction.risk_threshold
+    if t is None:
+        return group
+    sign = ">=" if prediction.probability_output1 >= t else "<"
+    return f"{group} (Output 1 {sign} {t:.2f})"

@@ -234,6 +234,8 @@ def _pipeline_algorithm(ctx: OutputContext) -> AlgorithmIdentification:
 def _model_algorithm(prediction: Prediction, output: int) -> AlgorithmIdentification:
     inputs = "MRI + radiological characteristics" if output == 1 else "+ radiomics"
     parameters = [f"output={output} ({inputs})", f"threshold={prediction.threshold:.4f}"]
+    if output == 1 and prediction.risk_threshold is not None:
+        parameters.append(f"growth-risk threshold={prediction.risk_threshold:.4f}")
     if prediction.synthetic_model:
         parameters.append("trained on synthetic data")
     return AlgorithmIdentification(

@@ -16,13 +16,8 @@ from ai_core.segmentation import (
     make_backend,
 )
 from ai_core.segmentation.base import Reorientation, check_image
-from ai_core.segmentation.postprocess import (
-    IntensityReference,
-    IntensityStats,
-    PostprocessParams,
-    intensity_check,
-    postprocess,
-)
+from ai_core.segmentation.intensity import IntensityReference, IntensityStats, intensity_check
+from ai_core.segmentation.postprocess import PostprocessParams, postprocess
 from ai_core.segmentation.unet import (
     BUNDLED_MODEL_DIR,
     MODEL_JSON,

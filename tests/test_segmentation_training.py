@@ -84,6 +84,11 @@ def test_dural_distance_is_zero_at_the_falx_and_the_skull_and_large_deep_inside(
     assert d[20, 25, 15] > 15.0  # deep in a hemisphere
     assert not d[~inside].any()
     assert not dural_distance(np.zeros((8, 8, 8), bool), 2.0).any()
+    # a hole the network leaves inside the compartment (a ventricle with its choroid
+    # plexus) is not dura: an enhancing plexus beside it is not "dural-based"
+    ventricle = (zz - 20) ** 2 + (yy - 25) ** 2 + (xx - 15) ** 2 <= 9
+    holed = dural_distance(inside & ~ventricle, 2.0)
+    assert holed[20, 25, 19] > 15.0 and holed[20, 25, 15] > 15.0
 
 
 def test_warm_start_keeps_the_old_tumour_probability_exactly(tmp_path: Path) -> None:

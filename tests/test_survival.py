@@ -98,6 +98,23 @@ def test_time_dependent_auc_perfect_separation_and_censoring() -> None:
     assert late.auc is None and "outside the follow-up" in late.reason
 
 
+def test_youden_cut_separates_growth_and_ignores_early_censoring() -> None:
+    time = np.array([1.0, 1.5, 2.0, 2.5, 6.0, 6.0, 6.0, 6.0, 0.8, 0.9])
+    event = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    score = np.array([0.9, 0.8, 0.95, 0.7, 0.1, 0.2, 0.3, 0.15, 0.99, 0.01])
+    cut = sv.youden_cut(time, event, score, 3.0)
+    assert cut is not None and (cut.cases, cut.controls) == (4, 4)
+    assert cut.threshold == pytest.approx(0.7) and cut.j == pytest.approx(1.0)
+    assert cut.share_high == pytest.approx(0.5)  # 0.99 (censored early) counts as high too
+    one_wrong = score.copy()
+    one_wrong[4] = 0.85  # a control above two cases
+    worse = sv.youden_cut(time, event, one_wrong, 3.0)
+    assert worse is not None and worse.j == pytest.approx(0.75)
+    assert sv.youden_cut(time, event, score, 0.5) is None  # no case by then
+    with pytest.raises(EvaluationError):
+        sv.youden_cut(time, event, score[:-1], 3.0)
+
+
 def test_time_dependent_auc_is_half_for_noise() -> None:
     time, event, _ = _cohort(n=2000, seed=5)
     noise = np.random.default_rng(1).random(time.size)
@@ -186,8 +203,17 @@ def test_analyse_and_report_from_arrays(tmp_path: Path) -> None:
     assert auc3.auc is not None and auc3.auc > 0.6 and auc5.auc is not None
     assert set(res["km_subgroups"]) == {"skull base", "not skull base"}
     res.update(not_assessable={}, seconds=1.0, model="demo", threshold=0.45, manifests=["m.csv"])
+    res.update(threshold_source="a test threshold", masks="the manifest's masks")
     report = write_growth_report(res, cohort, tmp_path / "out", synthetic=True)
     text = report.read_text()
+    assert "Output 1 ≥ 0.450 (a test threshold)" in text and "Youden's J" in text
+    assert res["ki67_auc"]["n"] == 240 and res["ki67_auc"]["auc"] > 0.9
+    assert "Ki-67 ≥ 5 % where known (240 patients" in text
+    cut = res["youden_cut"]
+    record = json.loads((tmp_path / "out" / "growth_risk.json").read_text())
+    assert record["threshold"] == pytest.approx(cut.threshold, abs=1e-6)
+    assert record["cohort"] == "m.csv" and record["n"] == 240
+    assert 0.1 < record["share_high"] < 0.9  # the simulated groups are 0.6 vs 0.3 apart
     for needed in ("paper: 0.756", "paper: 0.727", "paper: p < 0.001", "paper: HR 1.996"):
         assert needed in text
     data = json.loads((tmp_path / "out" / "results.json").read_text())

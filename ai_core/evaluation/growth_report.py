@@ -14,7 +14,7 @@ import json
 import math
 import time as clock
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,15 @@ def run_growth_analysis(
     device: str = "cpu",
     bootstrap: int = 200,
     seed: int = 0,
+    segment: bool = False,
+    segmentation_model: Path | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Predict on every baseline, analyse, write the report; returns (results, report.md)."""
+    """Predict on every baseline, analyse, write the report; returns (results, report.md).
+
+    ``segment``: the manifest's masks are ignored and the node's segmentation
+    (the bundled weights, or ``segmentation_model``) outlines every baseline
+    as it would in the clinic; a baseline it abstains on is not assessable.
+    """
     start = clock.perf_counter()
     bundle = load_bundle(bundle_dir)
     rows: list[GrowthCase] = []
@@ -66,7 +73,14 @@ def run_growth_analysis(
     ids = [r.case.case_id for r in rows]
     if len(set(ids)) != len(ids):
         raise EvaluationError("a case_id appears in more than one growth manifest")
-    params = FeatureParams(bundle.preprocess, bundle.crop, bundle.radiomics_params)
+    if segment:
+        rows = [replace(r, case=replace(r.case, mask=None)) for r in rows]
+    params = FeatureParams(
+        bundle.preprocess,
+        bundle.crop,
+        bundle.radiomics_params,
+        segmentation_model=segmentation_model if segment else None,
+    )
     features = extract_features(
         [r.case for r in rows],
         params,
@@ -88,7 +102,7 @@ def run_growth_analysis(
         time=col(lambda r: r.time_years),
         event=col(lambda r: r.event).astype(bool),
         probability=np.asarray(probs["output1"], dtype=float),
-        threshold=float(bundle.threshold),
+        threshold=bundle.risk_threshold,
         volume_cm3=np.asarray(table.volume_cm3, dtype=float),
         age=col(lambda r: r.case.clinical.get("age")),
         sex_female=col(lambda r: r.case.clinical.get("sex_female")),
@@ -101,10 +115,58 @@ def run_growth_analysis(
     results["seconds"] = round(clock.perf_counter() - start, 1)
     results["model"] = bundle.describe()
     results["threshold"] = cohort.threshold
+    results["threshold_source"] = _threshold_source(bundle.growth_risk)
+    results["masks"] = (
+        f"segmented by {segmentation_model or 'the bundled segmentation weights'}"
+        if segment
+        else "the manifest's masks"
+    )
     results["manifests"] = [str(m) for m in manifests]
     synthetic = is_synthetic([Path(m) for m in manifests])
     report = write_growth_report(results, cohort, Path(out_dir), synthetic=synthetic)
     return results, report
+
+
+def _threshold_source(growth_risk: dict[str, Any]) -> str:
+    if not growth_risk:
+        return "the bundle's Ki-67 class threshold"
+    rule = growth_risk.get("rule", "growth-risk threshold")
+    return (
+        f"the bundle's growth-risk threshold ({rule}; derived on {growth_risk.get('cohort', '?')})"
+    )
+
+
+def risk_threshold_record(results: dict[str, Any]) -> dict[str, Any] | None:
+    """This cohort's Youden cut as a model.json ``growth_risk`` block (None without one)."""
+    cut = results.get("youden_cut")
+    if cut is None:
+        return None
+    return {
+        "threshold": round(cut.threshold, 6),
+        "rule": f"Youden's J for growth (>= 15 % volume) by {cut.years:g} years, Output 1",
+        "cohort": ", ".join(results["manifests"]),
+        "masks": results["masks"],
+        "n": results["n"],
+        "cases": cut.cases,
+        "controls": cut.controls,
+        "j": round(cut.j, 4),
+        "sensitivity": round(cut.sensitivity, 4),
+        "specificity": round(cut.specificity, 4),
+        "share_high": round(cut.share_high, 4),
+        "model": results["model"],
+        "note": "chosen on this development cohort; judge it on another cohort",
+    }
+
+
+def adopt_risk_threshold(bundle_dir: Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` into ``bundle_dir``/model.json as its ``growth_risk`` block."""
+    path = Path(bundle_dir) / "model.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta["growth_risk"] = record
+    tmp = path.with_name(".model.json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def to_json(value: Any) -> Any:
@@ -209,7 +271,8 @@ def _summary_lines(results: dict[str, Any], synthetic: bool) -> list[str]:
         "",
         "- Manifests: " + ", ".join(f"`{m}`" for m in results["manifests"]),
         f"- Model: {results['model']}; risk group high when Output 1 ≥ {results['threshold']:.3f} "
-        "(the bundle's threshold)",
+        f"({results['threshold_source']})",
+        f"- Tumour masks: {results['masks']}",
         f"- Patients analysed: {results['n']} ({results['events']} with growth); "
         f"risk groups: " + ", ".join(f"{g}: {n}" for g, n in results["risk_groups"].items()),
         f"- Not assessable (left out): {len(results['not_assessable'])}",
@@ -253,6 +316,28 @@ def _km_lines(results: dict[str, Any]) -> list[str]:
         + ", ".join(f"{g} {v['3y']:.1%}" for g, v in med["incidence"].items()),
         "",
     ]
+    cut = results.get("youden_cut")
+    if cut is not None:
+        lines += [
+            f"The threshold this cohort would choose (Youden's J for growth by {cut.years:g} "
+            f"years, {cut.cases} cases, {cut.controls} controls): Output 1 ≥ "
+            f"{cut.threshold:.3f}, J {cut.j:.3f}, sensitivity {cut.sensitivity:.1%}, "
+            f"specificity {cut.specificity:.1%}, {cut.share_high:.1%} of patients high "
+            "(`growth_risk.json`; chosen on this cohort, so optimistic here: "
+            "`--adopt-risk-threshold` writes it into the model bundle, to be judged on "
+            "another cohort).",
+            "",
+        ]
+    ki67 = results.get("ki67_auc")
+    if ki67 is not None:
+        bayes = (
+            f"; the generator's Bayes AUC {ki67['bayes_auc']:.3f}" if "bayes_auc" in ki67 else ""
+        )
+        lines += [
+            f"Ki-67 ≥ 5 % where known ({ki67['n']} patients, {ki67['positives']} high): "
+            f"Output 1 AUC {ki67['auc']:.3f} ({ki67['low']:.3f}–{ki67['high']:.3f}){bayes}.",
+            "",
+        ]
     if "km_true_label" in results:
         t = results["km_true_label"]["logrank"]
         lines += [
@@ -345,6 +430,9 @@ def write_growth_report(
     ]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    record = risk_threshold_record(results)
+    if record is not None:
+        dump_json(out_dir / "growth_risk.json", record)
     dump_json(
         out_dir / "results.json",
         {

@@ -305,6 +305,55 @@ def time_dependent_auc(
 
 
 @dataclass(frozen=True)
+class CutPoint:
+    """The score threshold that best separates growth by ``years`` (Youden's J)."""
+
+    threshold: float
+    years: float
+    j: float
+    sensitivity: float
+    specificity: float
+    cases: int  # growth by ``years``
+    controls: int  # followed beyond ``years`` without growth by then
+    share_high: float  # of every patient scored, the share at or above the threshold
+
+
+def youden_cut(time: Any, event: Any, score: Any, years: float) -> CutPoint | None:
+    """The threshold on ``score`` with the largest sensitivity + specificity - 1.
+
+    Cases: growth by ``years``; controls: followed beyond ``years`` (growth
+    later or never). Patients censored before ``years`` without growth are
+    neither (no inverse-probability weights: a development-cohort rule, not an
+    estimate). Ties go to the higher threshold. None without a case or a control.
+    """
+    t, e = check_survival(time, event)
+    s = np.asarray(score, dtype=float)
+    if s.shape != t.shape or not np.all(np.isfinite(s)):
+        raise EvaluationError("score must be one finite value per patient")
+    case, control = (t <= years) & e, t > years
+    if not case.any() or not control.any():
+        return None
+    best: tuple[float, float, float, float] | None = None
+    for th in np.unique(s)[::-1]:
+        sens = float((s[case] >= th).mean())
+        spec = float((s[control] < th).mean())
+        if best is None or sens + spec - 1 > best[0]:
+            best = (sens + spec - 1, float(th), sens, spec)
+    assert best is not None
+    j, th, sens, spec = best
+    return CutPoint(
+        threshold=th,
+        years=float(years),
+        j=j,
+        sensitivity=sens,
+        specificity=spec,
+        cases=int(case.sum()),
+        controls=int(control.sum()),
+        share_high=float((s >= th).mean()),
+    )
+
+
+@dataclass(frozen=True)
 class DecisionCurve:
     years: float
     thresholds: list[float]

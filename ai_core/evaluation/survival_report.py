@@ -26,6 +26,7 @@ import numpy as np
 
 from ai_core.errors import AiCoreError, EvaluationError
 from ai_core.evaluation import survival as sv
+from ai_core.evaluation.metrics import delong_ci, roc_auc
 from ai_core.evaluation.survival_plots import KM_TICKS
 from ai_core.model.cases import ManifestCase
 
@@ -124,8 +125,10 @@ class GrowthCohort:
         return self.probability >= self.threshold
 
 
-def _groups(high: np.ndarray) -> np.ndarray:
-    return np.where(high, "high risk (predicted Ki-67 >= 5 %)", "low risk (predicted Ki-67 < 5 %)")
+def _groups(high: np.ndarray, threshold: float) -> np.ndarray:
+    return np.where(
+        high, f"high risk (Output 1 >= {threshold:.3f})", f"low risk (Output 1 < {threshold:.3f})"
+    )
 
 
 def _km_block(c: GrowthCohort, sel: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
@@ -167,6 +170,20 @@ def _covariates(c: GrowthCohort, use_risk_group: bool) -> tuple[dict[str, np.nda
     return out, notes
 
 
+def _ki67_auc(c: GrowthCohort) -> dict[str, Any] | None:
+    """Output 1 against the Ki-67 label where it is known (DeLong 95 % CI), else None."""
+    known = np.isfinite(c.label)
+    y = c.label[known].astype(int)
+    if y.size < 10 or y.min() == y.max():
+        return None
+    iv = delong_ci(y, c.probability[known])
+    out = {"n": int(y.size), "positives": int(y.sum()), "auc": iv.mean, "low": iv.low}
+    out["high"] = iv.high
+    if np.all(np.isfinite(c.bayes[known])):
+        out["bayes_auc"] = roc_auc(y, c.bayes[known])
+    return out
+
+
 def analyse(
     c: GrowthCohort,
     *,
@@ -177,7 +194,7 @@ def analyse(
 ) -> dict[str, Any]:
     """Every statistic of the report, on arrays (no images)."""
     everyone = np.ones(c.time.size, dtype=bool)
-    groups = _groups(c.high)
+    groups = _groups(c.high, c.threshold)
     res: dict[str, Any] = {"n": int(c.time.size), "events": int(c.event.sum())}
     overall = sv.kaplan_meier(c.time, c.event, "all patients")
     res["incidence"] = {f"{y:g}y": round(overall.incidence(y), 4) for y in years}
@@ -199,6 +216,7 @@ def analyse(
         res["km_true_label"] = _km_block(
             c, everyone, np.where(c.label == 1, "true Ki-67 >= 5 %", "true Ki-67 < 5 %")
         )
+    res["ki67_auc"] = _ki67_auc(c)
     two_groups = len(res["risk_groups"]) == 2
     univariate = {}
     covs, notes = _covariates(c, two_groups)
@@ -224,6 +242,7 @@ def analyse(
         res["time_auc"]["Bayes probability (synthetic truth, reference)"] = sv.time_dependent_auc(
             c.time, c.event, c.bayes, years, n_boot=bootstrap, seed=seed
         )
+    res["youden_cut"] = sv.youden_cut(c.time, c.event, c.probability, decision_years)
     risks: dict[str, Any] = {}
     try:
         risks["model (Cox-calibrated Output 1)"] = sv.cox_risk_at(

@@ -60,6 +60,18 @@ class ModelBundle:
     version: str
     name: str = MODEL_NAME
     segmentation: dict[str, Any] = field(default_factory=dict)
+    growth_risk: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def risk_threshold(self) -> float:
+        """Output 1 at or above which a tumour is in the high growth-risk group.
+
+        model.json's ``growth_risk`` block, when present: a threshold chosen on
+        a development cohort of small tumours under surveillance, with its
+        provenance (``ki67node growth-analysis --adopt-risk-threshold``,
+        docs/model.md). Without it, the Ki-67 class threshold.
+        """
+        return float(self.growth_risk.get("threshold", self.threshold))
 
     @property
     def synthetic(self) -> bool:
@@ -139,6 +151,12 @@ def load_bundle(path: Path | str | None = None) -> ModelBundle:
         raise ModelError(f"crop size {crop.size} differs from the network's {config.crop_size}")
     if not 0.0 < threshold < 1.0:
         raise ModelError(f"threshold must be a probability in (0, 1), got {threshold}")
+    growth_risk = meta.get("growth_risk") or {}
+    risk = growth_risk.get("threshold", threshold) if isinstance(growth_risk, dict) else None
+    if not isinstance(risk, int | float) or not 0.0 < float(risk) < 1.0:
+        raise ModelError(
+            f"{folder / 'model.json'}: growth_risk must hold a threshold in (0, 1), got {risk!r}"
+        )
     return ModelBundle(
         path=folder,
         meta=meta,
@@ -151,6 +169,7 @@ def load_bundle(path: Path | str | None = None) -> ModelBundle:
         version=version,
         name=str(meta.get("name", MODEL_NAME)),
         segmentation=dict(meta.get("segmentation", {})),
+        growth_risk=dict(growth_risk),
     )
 
 

@@ -10,6 +10,7 @@ Training and the repeated evaluation runs then read the cache
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -55,7 +56,34 @@ class FeatureParams:
             "radiomics": hashlib.sha256(self.radiomics_params.read_bytes()).hexdigest(),
             "segmentation": self.segmentation,
             "segmentation_model": str(self.segmentation_model or ""),
+            "segmentation_fingerprint": model_fingerprint(self.segmentation_model),
         }
+
+
+def model_fingerprint(folder: Path | None) -> str:
+    """What the segmentation model folder holds (the bundled weights when None).
+
+    Cases without a mask are segmented: new weights or post-processing rules
+    in the same folder must not reuse their cached features. Small files are
+    hashed whole; large ones (nnU-Net checkpoints) by name, size and mtime.
+    """
+    from ai_core.segmentation.unet import BUNDLED_MODEL_DIR
+
+    root = Path(folder) if folder is not None else BUNDLED_MODEL_DIR
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return _fingerprint(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(files: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, size, mtime in files:
+        digest.update(f"{Path(name).name}\0{size}\0".encode())
+        if size <= 8 * 1024 * 1024:
+            digest.update(Path(name).read_bytes())
+        else:
+            digest.update(str(mtime).encode())
+    return digest.hexdigest()[:20]
 
 
 @dataclass(frozen=True, eq=False)

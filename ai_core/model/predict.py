@@ -64,11 +64,18 @@ class Prediction:
     disclaimer: str = DISCLAIMER
     # The class gradcam_source shows the MRI's evidence for (True: Ki-67 high); None: no map
     map_towards_high: bool | None = None
+    # Output 1 from which the growth-risk group is "high" (None: the class threshold)
+    risk_threshold: float | None = None
 
     @property
     def risk_group(self) -> str:
-        """Growth-risk group from the prediction: high predicted Ki-67 → "high"."""
-        return "high" if self.ki67_high else "low"
+        """Growth-risk group: Output 1 at or above the bundle's growth-risk threshold → "high".
+
+        Without a growth-risk threshold, the predicted class decides.
+        """
+        if self.risk_threshold is None:
+            return "high" if self.ki67_high else "low"
+        return "high" if self.probability_output1 >= self.risk_threshold else "low"
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe numbers (no arrays) for the job result, the SR and logs."""
@@ -79,6 +86,9 @@ class Prediction:
             "class": "Ki-67 >= 5 %" if self.ki67_high else "Ki-67 < 5 %",
             "threshold": round(self.threshold, 4),
             "risk_group": self.risk_group,
+            "risk_threshold": None
+            if self.risk_threshold is None
+            else round(self.risk_threshold, 4),
             "map_class": None  # the class the heatmap shows the MRI's evidence for
             if self.map_towards_high is None
             else ("Ki-67 >= 5 %" if self.map_towards_high else "Ki-67 < 5 %"),
@@ -186,6 +196,7 @@ class Predictor:
             probability_output2=p2,
             ki67_high=p1 >= self.bundle.threshold,
             threshold=self.bundle.threshold,
+            risk_threshold=self.bundle.risk_threshold,
             inputs_used=dict(
                 zip(("mri", "characteristics", "radiomics"), inputs.present, strict=True)
             ),

@@ -26,10 +26,13 @@ def dural_distance(intracranial: np.ndarray, spacing_mm: float) -> np.ndarray:
     mask = np.asarray(intracranial, dtype=bool)
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.float32)
-    surface = ndi.distance_transform_edt(mask) * spacing_mm
-    count = mask.sum(axis=2)
+    # one solid compartment: a hole the network leaves inside it (a ventricle, the choroid
+    # plexus in it) is not its surface, so an enhancing plexus is not "next to the dura"
+    solid = ndi.binary_fill_holes(mask)
+    surface = ndi.distance_transform_edt(solid) * spacing_mm
+    count = solid.sum(axis=2)
     xs = np.arange(mask.shape[2], dtype=np.float64)
-    centre = (mask * xs).sum(axis=2) / np.maximum(count, 1)
+    centre = (solid * xs).sum(axis=2) / np.maximum(count, 1)
     wide = count * spacing_mm >= 60.0  # rows that cross both hemispheres
     if wide.sum() < 3:
         return surface.astype(np.float32)
@@ -40,6 +43,6 @@ def dural_distance(intracranial: np.ndarray, spacing_mm: float) -> np.ndarray:
     plane = coef[0] + coef[1] * yy + coef[2] * zz
     midline = np.abs(xs[None, None, :] - plane[:, :, None]) * spacing_mm
     # the falx hangs in the upper half only: the brainstem and the sella are midline too
-    lower = zz < np.argwhere(mask)[:, 0].mean()
+    lower = zz < np.argwhere(solid)[:, 0].mean()
     midline[lower] = np.inf
-    return np.where(mask, np.minimum(surface, midline), 0.0).astype(np.float32)
+    return np.where(solid, np.minimum(surface, midline), 0.0).astype(np.float32)

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from ai_core.segmentation.base import RESEARCH_ONLY
-from ai_core.segmentation.postprocess import IntensityReference, PostprocessParams
+from ai_core.segmentation.intensity import IntensityReference
+from ai_core.segmentation.postprocess import PostprocessParams
 from ai_core.segmentation.synthesis import SynthesisParams
 from ai_core.segmentation.unet import BACKEND_NAME, MODEL_JSON, UNetArchitecture
 
 WEIGHTS_FILE = "unet.pt"
-MODEL_VERSION = "0.2.0"
+MODEL_VERSION = "0.2.1"
 #: ``--arch``: "base" (16-32-64-128, instance norm) or "small" (the 0.1 network's
 #: 8-16-32-64 with batch norm, which ``--init`` can warm-start from a 0.1 model).
 ARCHITECTURES = {

@@ -36,12 +36,8 @@ from ai_core.segmentation.base import (
     check_image,
 )
 from ai_core.segmentation.dura import dural_distance
-from ai_core.segmentation.postprocess import (
-    IntensityReference,
-    PostprocessParams,
-    intensity_check,
-    postprocess,
-)
+from ai_core.segmentation.intensity import IntensityReference, intensity_check
+from ai_core.segmentation.postprocess import PostprocessParams, postprocess
 
 if TYPE_CHECKING:
     import torch

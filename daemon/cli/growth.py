@@ -31,7 +31,20 @@ def cmd_growth_analysis(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         bootstrap=args.bootstrap,
         seed=args.seed,
+        segment=args.segment,
+        segmentation_model=Path(args.segmentation_model) if args.segmentation_model else None,
     )
+    adopted = ""
+    if args.adopt_risk_threshold:
+        from ai_core.evaluation.growth_report import adopt_risk_threshold, risk_threshold_record
+        from ai_core.model.bundle import BUNDLED_DIR
+
+        record = risk_threshold_record(results)
+        if record is None:
+            print("no growth-risk threshold: the cohort has no case or no control at 3 years")
+            return 1
+        path = adopt_risk_threshold(Path(args.model) if args.model else BUNDLED_DIR, record)
+        adopted = f"growth-risk threshold {record['threshold']:.4f} written to {path}\n"
     km = results["km_risk"]["logrank"]
     aucs = results["time_auc"]["model probability (Output 1)"]
     multi = results["cox_multivariate"]
@@ -48,7 +61,7 @@ def cmd_growth_analysis(args: argparse.Namespace) -> int:
         f"{auc_text} (paper: {PAPER['auc_3y']} / {PAPER['auc_5y']})\n"
         f"log-rank p {p} (paper: p {PAPER['logrank_p']}); multivariate Cox HR {hr} "
         f"(paper: {PAPER['cox_hr']})\n"
-        f"report: {report}\n{DISCLAIMER}"
+        f"report: {report}\n{adopted}{DISCLAIMER}"
     )
     return 0
 
@@ -72,5 +85,23 @@ def add_growth_commands(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
     p.add_argument("--bootstrap", type=positive_int, default=200, help="AUC bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    p.add_argument(
+        "--segment",
+        action="store_true",
+        help="ignore the manifest's masks: segment every baseline as the node does "
+        "(abstentions are not assessable)",
+    )
+    p.add_argument(
+        "--segmentation-model",
+        metavar="DIR",
+        help="with --segment: a segmentation model folder (default: the bundled weights)",
+    )
+    p.add_argument(
+        "--adopt-risk-threshold",
+        action="store_true",
+        help="write this cohort's Youden threshold (growth by 3 years) into the --model "
+        "bundle's model.json as its growth-risk threshold (a development cohort, not the "
+        "one you report on)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_growth_analysis)
