@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/ki67node.toml
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints-cpu.txt
 PYTEST_ARGS ?=
+# Test processes of `make check` (pytest-xdist; each test file stays on one process, so
+# its module fixtures are built once); 0 runs the fast lane in this process.
+PYTEST_WORKERS ?= auto
 
 .PHONY: run test check lint typecheck venv dev clean
 
@@ -43,7 +46,7 @@ test: lint typecheck
 
 # The fast lane: lint, types and the tests not marked slow (CI runs `make test`, all of them).
 check: lint typecheck
-	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

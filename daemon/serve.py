@@ -33,12 +33,13 @@ from daemon.db.states import SeriesState
 from daemon.delivery.outbox import RESULTS_DIRNAME, remove_stale_parts
 from daemon.delivery.service import DeliveryService
 from daemon.dicom.listener import Listener
-from daemon.followup.scheduler import NodeScheduler
+from daemon.followup.scheduler import JobContext, NodeScheduler
 from daemon.intake.completeness import CompletenessTracker, receiving_series, sweep
 from daemon.intake.decisions import decide, undecided
 from daemon.intake.ingest import IngestStore
 from daemon.intake.spool import Spool
-from daemon.jobs.queue import JobQueue
+from daemon.jobs.queue import JobQueue, QueueFactory
+from daemon.jobs.worker_process import JobSettings
 from daemon.jobs.workers import WorkerSupervisor
 from daemon.ops.http import StatusServer
 from daemon.ops.notify import SystemdNotifier, Watchdog
@@ -64,6 +65,30 @@ class StopFlag:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+
+# -- the composition root: only here (and in the CLI) is the whole Settings read ----------
+def job_settings(settings: Settings) -> JobSettings:
+    """What every job of the worker processes reads."""
+    return JobSettings(
+        pipeline=settings.pipeline,
+        followup=settings.followup,
+        data_dir=settings.data_dir,
+        spool_dir=settings.spool_dir,
+        destinations=settings.destinations,
+    )
+
+
+def queue_factory(settings: Settings) -> QueueFactory:
+    """The queue each worker process (and the CLI) opens on the node's database."""
+    return QueueFactory.from_sections(settings.database_target, settings.pipeline)
+
+
+def scheduler_context(settings: Settings) -> JobContext:
+    """What the periodic jobs get (stored with them in the database)."""
+    return JobContext.from_sections(
+        settings.database_target, settings.followup, settings.retention, settings.spool_dir
+    )
 
 
 def reconcile_spool(engine: Engine, spool: Spool, ingest: IngestStore) -> int:
@@ -126,16 +151,23 @@ class Node:
             max_attempts=settings.pipeline.job_max_attempts,
             backoff_seconds=settings.pipeline.job_retry_backoff_seconds,
         )
-        self.listener = Listener(settings, self.ingest)
-        self.supervisor = WorkerSupervisor(settings)
-        self.delivery = DeliveryService(settings, self.sessionmaker)
+        self.listener = Listener(settings.node, settings.tls, self.ingest)
+        self.supervisor = WorkerSupervisor(
+            job_settings(settings), queue_factory(settings), log_level=settings.logging.level
+        )
+        self.delivery = DeliveryService(
+            settings.node, settings.delivery, settings.destinations, self.sessionmaker
+        )
         self.scheduler = (
-            NodeScheduler(settings, engine=self.engine) if settings.scheduler.enabled else None
+            NodeScheduler(settings.scheduler, scheduler_context(settings), engine=self.engine)
+            if settings.scheduler.enabled
+            else None
         )
         checks = {"scheduler": self.scheduler.alive} if self.scheduler is not None else {}
         self.http = StatusServer(
-            settings,
-            self.sessionmaker,
+            settings.http,
+            settings.data_dir,
+            settings.database_target,
             health_checks={
                 "spool": self.spool.writable,
                 "database": lambda: ping(self.engine),

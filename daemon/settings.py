@@ -140,7 +140,19 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class DatabaseTarget:
+    """The database a component connects to: ``[database]`` with its URL resolved
+    (an empty ``database.url`` means SQLite under ``node.data_dir``)."""
+
+    url: str
+    busy_timeout_ms: int = 30_000
+
+
+@dataclass(frozen=True)
 class Settings:
+    """The whole configuration. Only the composition root (``serve``, the CLI) reads
+    it; every component takes the section(s) it uses (tests/test_architecture.py)."""
+
     node: NodeSettings = field(default_factory=NodeSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -173,6 +185,10 @@ class Settings:
         if self.database.url:
             return self.database.url
         return f"sqlite:///{(self.node.data_dir / 'ki67node.db').as_posix()}"
+
+    @property
+    def database_target(self) -> DatabaseTarget:
+        return DatabaseTarget(self.database_url, self.database.busy_timeout_ms)
 
 
 _SECTIONS: dict[str, type] = {

@@ -79,6 +79,11 @@ def with_destinations(s: Settings, *dests: Any) -> Settings:
     return dataclasses.replace(s, destinations=tuple(dests))
 
 
+def outbox_of(s: Settings) -> tuple[Path, tuple[Any, ...]]:
+    """The first arguments of ``stage_results``, as ``serve`` hands them to a job."""
+    return s.data_dir, s.destinations
+
+
 @pytest.fixture
 def fresh_pg_url(pg_url: str) -> Iterator[str]:
     """A new, empty database on the server behind ``pg_url``; dropped after the test."""

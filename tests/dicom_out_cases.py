@@ -8,6 +8,7 @@ exactly known mask; the bundled network is tested in test_segmentation.py.
 Stable API for every dicom_out test module:
 
 - :func:`make_context` — one :class:`~dicom_out.context.OutputContext`.
+- :func:`variant_context` — the same for a :data:`VARIANTS` case, shared by the modules.
 - :func:`dciodvfy` — run dicom3tools' validator on a written file; return its errors.
 - :data:`VARIANTS` — (vendor, orientation, enhanced) cases with readable ids.
 """
@@ -135,6 +136,22 @@ def make_context(
         characteristics_source="radiologist" if characteristics else "not provided",
         predecessor=predecessor,
     )
+
+
+_VARIANT_CONTEXTS: dict[tuple[str, str, bool], OutputContext] = {}
+
+
+def variant_context(
+    tmp_path_factory: pytest.TempPathFactory, vendor: str, orientation: str, enhanced: bool
+) -> OutputContext:
+    """:func:`make_context` with the defaults for one of :data:`VARIANTS`, made once per
+    test process: the SEG, SC, SR and build tests share it and only read it (the image
+    pipeline and the model with Grad-CAM cost seconds per call)."""
+    key = (vendor, orientation, enhanced)
+    if key not in _VARIANT_CONTEXTS:
+        folder = tmp_path_factory.mktemp(f"{vendor}-{orientation}-{int(enhanced)}")
+        _VARIANT_CONTEXTS[key] = make_context(folder, vendor, orientation, enhanced)
+    return _VARIANT_CONTEXTS[key]
 
 
 def dciodvfy(ds: Dataset, folder: Path) -> list[str]:

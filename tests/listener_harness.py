@@ -596,7 +596,7 @@ def start_node(settings: Settings, tmp_root: Path) -> NodeUnderTest:
     spool = Spool(settings.spool_dir)
     stored: list[int] = []
     ingest = IngestStore(engine, spool, on_stored=stored.append)
-    listener = Listener(settings, ingest)
+    listener = Listener(settings.node, settings.tls, ingest)
     listener.start()
     node = NodeUnderTest(settings, engine, spool, ingest, listener, tmp_root, stored)
     if settings.node.allowed_calling_aets:

@@ -285,6 +285,91 @@ def test_stage_import_directions(stage: str) -> None:
     assert bad == []
 
 
+# -- settings: only the composition root reads the whole Settings ------------------------------
+# Every component takes the section(s) it uses (``NodeSettings``, ``DeliverySettings``,
+# ``JobSettings``, ``DatabaseTarget``...), never the whole ``Settings``.
+# The modules that may take a parameter annotated ``Settings``: the settings module itself,
+# ``serve`` (wires the running node) and the CLI modules whose commands load the
+# configuration.
+COMPOSITION_ROOTS = (
+    "daemon.settings",
+    "daemon.serve",
+    "daemon.cli.app",
+    "daemon.cli.common",
+    "daemon.cli.followups",
+    "daemon.cli.results",
+)
+
+
+def _names_settings(annotation: ast.expr | None) -> bool:
+    """Whether the annotation names ``Settings`` (``X | None``, quoted, dotted included)."""
+    if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+        annotation = ast.parse(annotation.value, mode="eval").body
+    return annotation is not None and any(
+        (isinstance(n, ast.Name) and n.id == "Settings")
+        or (isinstance(n, ast.Attribute) and n.attr == "Settings")
+        for n in ast.walk(annotation)
+    )
+
+
+def _takes_whole_settings(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """(line, what) for each parameter or dataclass field annotated ``Settings`` (a union,
+    a string or ``daemon.settings.Settings`` included), and for each parameter named
+    ``settings`` whose annotation hides the type (none, ``Any``, ``object``)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            a = node.args
+            name = getattr(node, "name", "<lambda>")
+            for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
+                if arg is None:
+                    continue
+                text = "" if arg.annotation is None else ast.unparse(arg.annotation).strip("'\"")
+                if _names_settings(arg.annotation) or (
+                    arg.arg == "settings" and text in ("", "Any", "object")
+                ):
+                    yield node.lineno, f"{name}({arg.arg}: {text or '?'})"
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    if _names_settings(item.annotation):
+                        text = ast.unparse(item.annotation).strip("'\"")
+                        yield item.lineno, f"{node.name}.{item.target.id}: {text}"
+
+
+def test_the_settings_finder_finds_whole_settings() -> None:
+    code = (
+        "def a(s: Settings): ...\n"
+        "def b(x, *, cfg: 'daemon.settings.Settings | None' = None): ...\n"
+        "def c(settings: Any): ...\n"
+        "def d(settings): ...\n"
+        "class E:\n    settings: Settings\n"
+        "def ok(node: NodeSettings, job: JobSettings, cfg: DeliverySettings): ...\n"
+    )
+    found = [what for _, what in _takes_whole_settings(ast.parse(code))]
+    assert found == [
+        "a(s: Settings)",
+        "b(cfg: daemon.settings.Settings | None)",
+        "c(settings: Any)",
+        "d(settings: ?)",
+        "E.settings: Settings",
+    ]
+
+
+def test_composition_roots_exist() -> None:
+    modules = _modules("daemon")
+    assert [name for name in COMPOSITION_ROOTS if name not in modules] == []
+
+
+def test_only_the_composition_root_takes_the_whole_settings() -> None:
+    bad = [
+        f"{path.relative_to(REPO)}:{line} {what}"
+        for name, path in sorted(_modules("daemon", "dicom_out", "ai_core").items())
+        if name not in COMPOSITION_ROOTS
+        for line, what in _takes_whole_settings(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert bad == [], "take the section(s) the component uses, not the whole Settings"
+
+
 def test_serving_process_does_not_import_torch() -> None:
     stages = ("dicom", "intake", "delivery", "followup", "ops")
     names = sorted(n for n in _modules("daemon") if any(_within(n, f"daemon.{s}") for s in stages))

@@ -27,7 +27,7 @@ from daemon.delivery.outbox import stage_results
 from daemon.delivery.service import DeliveryService
 from daemon.destinations import Destination
 from daemon.settings import Settings
-from tests.conftest import free_port, with_destinations
+from tests.conftest import free_port, outbox_of, with_destinations
 from tests.factories import make_mr_series
 from tests.orthanc import Orthanc, orthanc_fixture
 
@@ -39,6 +39,11 @@ orthanc = orthanc_fixture()
 
 def at(seconds: float) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)
+
+
+def delivery_service(settings: Settings, sm: Any, **kwargs: Any) -> DeliveryService:
+    """The delivery service as ``serve`` wires it."""
+    return DeliveryService(settings.node, settings.delivery, settings.destinations, sm, **kwargs)
 
 
 @dataclass
@@ -53,11 +58,11 @@ class Env:
         datasets = make_mr_series(n_slices=n, rows=16, cols=16)
         return [
             s.sop_instance_uid
-            for s in stage_results(self.settings, self.sm, None, datasets, now=now)
+            for s in stage_results(*outbox_of(self.settings), self.sm, None, datasets, now=now)
         ]
 
     def service(self) -> DeliveryService:
-        return DeliveryService(self.settings, self.sm, rng=self.rng)
+        return delivery_service(self.settings, self.sm, rng=self.rng)
 
     def rows(self) -> list[OutboxItem]:
         with self.sm() as s:
@@ -414,7 +419,7 @@ def test_database_errors_are_reported_not_raised(
 ) -> None:
     env = make_env(Destination(name="disk", type="folder", path="d"))
     broken = make_sessionmaker(make_engine(f"sqlite:///{tmp_path / 'empty.db'}"))  # no schema
-    report = DeliveryService(env.settings, broken).deliver_due(now=at(0))["disk"]
+    report = delivery_service(env.settings, broken).deliver_due(now=at(0))["disk"]
     assert "database unavailable" in report.error and report.claimed == 0
 
 

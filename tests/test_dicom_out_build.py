@@ -12,12 +12,12 @@ import pytest
 
 from dicom_out.build import build_outputs, kind_of
 from dicom_out.context import TYPE2_PATIENT_STUDY, OutputContext
-from tests.dicom_out_cases import dciodvfy, make_context
+from tests.dicom_out_cases import dciodvfy, make_context, variant_context
 
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory) -> OutputContext:
-    return make_context(tmp_path_factory.mktemp("build"), "ge", "axial")
+    return variant_context(tmp_path_factory, "ge", "axial", False)
 
 
 def test_seg_first_then_scs_then_sr(ctx: OutputContext) -> None:

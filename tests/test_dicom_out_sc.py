@@ -24,7 +24,7 @@ from dicom_out.context import (
 from dicom_out.planes import RenderParams, choose_slices
 from dicom_out.render import BOX_RGB, OUTLINE_RGB, RenderedSlice, render_heatmaps
 from dicom_out.sc import build_heatmap_scs, gradcam_box, legend_lines
-from tests.dicom_out_cases import VARIANTS, dciodvfy, make_context
+from tests.dicom_out_cases import VARIANTS, dciodvfy, make_context, variant_context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,14 +54,14 @@ VARIANT_PARAMS = [pytest.param(p.values, id=p.id) for p in VARIANTS]
 @pytest.fixture(scope="module", params=VARIANT_PARAMS)
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
     vendor, orientation, enhanced = request.param
-    ctx = make_context(tmp_path_factory.mktemp("sc"), vendor, orientation, enhanced)
+    ctx = variant_context(tmp_path_factory, vendor, orientation, enhanced)
     return Built(ctx, build_heatmap_scs(ctx), _render(ctx))
 
 
 @pytest.fixture(scope="module")
 def axial(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """An axial source whose tumour lies anterior and on the patient's left."""
-    ctx = make_context(tmp_path_factory.mktemp("sc-axial"), "ge", "axial", False)
+    ctx = variant_context(tmp_path_factory, "ge", "axial", False)
     return Built(ctx, build_heatmap_scs(ctx), _render(ctx))
 
 

@@ -23,7 +23,7 @@ from dicom_out import codes
 from dicom_out.context import SERIES_NUMBER_SEG, OutputContext, OutputError
 from dicom_out.preview import PreviewParams, outline_rgb, seg_mask_on_volume, seg_overlay_png
 from dicom_out.seg import SEGMENT_LABEL, build_seg, tracking_uid
-from tests.dicom_out_cases import VARIANTS, BrightBlob, dciodvfy, make_context
+from tests.dicom_out_cases import VARIANTS, BrightBlob, dciodvfy, make_context, variant_context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ VARIANT_PARAMS = [pytest.param(v.values, id=v.id) for v in VARIANTS]
 @pytest.fixture(scope="module", params=VARIANT_PARAMS)
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
     vendor, orientation, enhanced = request.param
-    ctx = make_context(tmp_path_factory.mktemp("seg"), vendor, orientation, enhanced)
+    ctx = variant_context(tmp_path_factory, vendor, orientation, enhanced)
     seg = build_seg(ctx)
     return Built(ctx, seg, _read_back(seg))
 
@@ -290,6 +290,7 @@ def test_overlay_refuses_a_seg_of_another_frame_of_reference(built: Built, tmp_p
         seg_overlay_png(built.seg, other, tmp_path / "x.png")
 
 
+@pytest.mark.slow  # the fast lane has the same checks on every vendor variant (`built`)
 def test_realistic_synthetic_case_round_trips(tmp_path: Path) -> None:
     """A synthetic study with its ground-truth mask: SEG geometry exact, preview written."""
     from ai_core.analysis import AnalysisOptions, analyse_series

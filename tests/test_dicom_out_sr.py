@@ -32,7 +32,7 @@ from dicom_out.context import (
 )
 from dicom_out.seg import build_seg, tracking_uid
 from dicom_out.sr import SYNTHETIC_NOTE, build_sr
-from tests.dicom_out_cases import VARIANTS, dciodvfy, make_context
+from tests.dicom_out_cases import VARIANTS, dciodvfy, make_context, variant_context
 
 VARIANT_PARAMS = [pytest.param(v.values, id=v.id) for v in VARIANTS]
 CHARACTERISTICS = Characteristics(
@@ -69,7 +69,7 @@ def _bytes(ds: Dataset) -> bytes:
 @pytest.fixture(scope="module", params=VARIANT_PARAMS)
 def assessed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Case:
     vendor, orientation, enhanced = request.param
-    return _case(make_context(tmp_path_factory.mktemp("sr"), vendor, orientation, enhanced))
+    return _case(variant_context(tmp_path_factory, vendor, orientation, enhanced))
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from daemon.followup.surveillance import record_finding
 from daemon.ops import http as http_mod
 from daemon.ops.http import StatusServer
 from daemon.settings import Settings, load_settings
+from tests.test_http import status_server
 from tests.test_surveillance import BASE, CFG, follow
 
 
@@ -137,7 +138,7 @@ def test_symptoms_command_cancels_and_restores(
 @pytest.fixture
 def http_server(populated: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[StatusServer]:
     monkeypatch.setattr(http_mod, "POLL_INTERVAL_SECONDS", 0.05)
-    server = StatusServer(populated)
+    server = status_server(populated)
     server.start()
     yield server
     server.stop()
@@ -170,7 +171,7 @@ def test_api_followups_without_a_database_is_empty_and_creates_nothing(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(http_mod, "POLL_INTERVAL_SECONDS", 0.05)
-    server = StatusServer(settings)
+    server = status_server(settings)
     server.start()
     try:
         status, body = get(server.port, "/api/followups")

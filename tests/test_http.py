@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.ops import http as http_mod
 from daemon.ops.http import StatusServer
-from daemon.settings import Settings
+from daemon.settings import HttpSettings, Settings
 from tests.test_status import CANARY_ID, CANARY_NAME, populate_db
 
 Response = tuple[int, dict[str, str], bytes]
@@ -40,13 +40,22 @@ def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
     return out
 
 
+def status_server(
+    settings: Settings, health_checks: Mapping[str, Any] | None = None, **kwargs: Any
+) -> StatusServer:
+    """The status server as ``serve`` wires it."""
+    return StatusServer(
+        settings.http, settings.data_dir, settings.database_target, health_checks, **kwargs
+    )
+
+
 @pytest.fixture
 def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., StatusServer]]:
     monkeypatch.setattr(http_mod, "POLL_INTERVAL_SECONDS", 0.05)  # fast stop()
     started: list[StatusServer] = []
 
     def factory(settings: Settings, checks: Mapping[str, Any] | None = None) -> StatusServer:
-        server = StatusServer(settings, None, health_checks=checks or {"ok": lambda: True})
+        server = status_server(settings, checks or {"ok": lambda: True})
         server.start()
         started.append(server)
         return server
@@ -259,7 +268,7 @@ def test_stop_releases_port_and_threads(
 ) -> None:
     monkeypatch.setattr(http_mod, "POLL_INTERVAL_SECONDS", 0.05)
     before = threading.active_count()
-    server = StatusServer(populated, health_checks={"ok": lambda: True})
+    server = status_server(populated, {"ok": lambda: True})
     server.start()
     port = server.port
     assert request(port, "/healthz")[0] == 200
@@ -267,7 +276,7 @@ def test_stop_releases_port_and_threads(
     server.stop()
 
     again = StatusServer(
-        Settings(node=populated.node, http=type(populated.http)(bind="127.0.0.1", port=port))
+        HttpSettings(bind="127.0.0.1", port=port), populated.data_dir, populated.database_target
     )
     again.start()  # a restarted daemon gets the same port back at once
     assert again.port == port
@@ -279,7 +288,7 @@ def test_stop_releases_port_and_threads(
 
 
 def test_disabled_server_does_not_listen(make_settings) -> None:
-    server = StatusServer(make_settings(http__enabled=False))
+    server = status_server(make_settings(http__enabled=False))
     server.start()
     with pytest.raises(RuntimeError, match="call start\\(\\) first"):
         _ = server.port
@@ -292,7 +301,7 @@ def test_port_in_use_says_what_to_change(settings: Settings) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         s = StatusServer(
-            Settings(node=settings.node, http=type(settings.http)(bind="127.0.0.1", port=port))
+            HttpSettings(bind="127.0.0.1", port=port), settings.data_dir, settings.database_target
         )
         with pytest.raises(OSError, match="change http.port"):
             s.start()

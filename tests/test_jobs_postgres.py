@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from daemon.db.states import JobState
-from daemon.jobs.workers import WorkerSupervisor
 from tests.test_jobs import (  # noqa: F401 - fixtures and tests collected again here
     engine,
     make_queue,
@@ -56,7 +55,7 @@ def test_worker_processes_run_real_jobs_on_postgresql(
         env.queue.enqueue(env.add_series(write_classic(tmp_path / f"s{i}", n=4), f"1.2.9.{i}"), 0)
         for i in range(4)
     ]
-    sup = WorkerSupervisor(env.settings, n_workers=2, options=FAST)
+    sup = env.supervisor(2, options=FAST)
     sup.start()
     try:
         # each worker loads the models once, then runs the whole chain (toy volumes: "not

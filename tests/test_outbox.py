@@ -30,7 +30,7 @@ from daemon.destinations import Destination
 from daemon.errors import JobError
 from daemon.ops.status import collect_status
 from daemon.settings import Settings
-from tests.conftest import with_destinations
+from tests.conftest import outbox_of, with_destinations
 from tests.factories import make_mr_series
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, 0)
@@ -70,7 +70,7 @@ def test_each_result_is_written_once_under_its_uids_and_queued_per_destination(
     settings, sm = node
     settings = with_destinations(settings, PACS, ARCHIVE)
     datasets = results(3)
-    staged = stage_results(settings, sm, None, datasets, now=T0)
+    staged = stage_results(*outbox_of(settings), sm, None, datasets, now=T0)
     assert [s.sop_instance_uid for s in staged] == [str(ds.SOPInstanceUID) for ds in datasets]
     for obj, ds in zip(staged, datasets, strict=True):
         expected = f"results/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
@@ -93,8 +93,8 @@ def test_staging_twice_gives_one_file_and_one_row_per_destination(
     settings, sm = node
     settings = with_destinations(settings, PACS, ARCHIVE)
     datasets = results(2)
-    stage_results(settings, sm, None, datasets, now=T0)
-    again = stage_results(settings, sm, None, datasets, now=T0 + dt.timedelta(hours=1))
+    stage_results(*outbox_of(settings), sm, None, datasets, now=T0)
+    again = stage_results(*outbox_of(settings), sm, None, datasets, now=T0 + dt.timedelta(hours=1))
     assert [(s.written, s.queued) for s in again] == [(False, ()), (False, ())]
     assert len(rows(sm)) == 4
     assert len(list((settings.data_dir / "results").rglob("*.dcm"))) == 2
@@ -105,8 +105,10 @@ def test_a_new_destination_gets_rows_for_results_staged_again(
 ) -> None:
     settings, sm = node
     datasets = results(1)
-    stage_results(with_destinations(settings, PACS), sm, None, datasets, now=T0)
-    staged = stage_results(with_destinations(settings, PACS, ARCHIVE), sm, None, datasets, now=T0)
+    stage_results(*outbox_of(with_destinations(settings, PACS)), sm, None, datasets, now=T0)
+    staged = stage_results(
+        *outbox_of(with_destinations(settings, PACS, ARCHIVE)), sm, None, datasets, now=T0
+    )
     assert staged[0].queued == ("archive",)
     assert sorted(r.destination for r in rows(sm)) == ["archive", "pacs"]
 
@@ -116,7 +118,7 @@ def test_no_destination_configured_queues_the_default_outbox_folder(
 ) -> None:
     settings, sm = node
     assert settings.destinations == ()
-    stage_results(settings, sm, None, results(1), now=T0)
+    stage_results(*outbox_of(settings), sm, None, results(1), now=T0)
     assert [r.destination for r in rows(sm)] == [DEFAULT_DESTINATION.name] == ["outbox"]
     assert settings.data_dir / DEFAULT_DESTINATION.path == settings.outbox_dir
 
@@ -127,11 +129,11 @@ def test_the_first_version_of_a_uid_is_kept(
     settings, sm = node
     caplog.set_level("INFO", logger="daemon.delivery.outbox")
     first = results(1)
-    staged = stage_results(settings, sm, None, first, now=T0)
+    staged = stage_results(*outbox_of(settings), sm, None, first, now=T0)
     original = (settings.data_dir / staged[0].relpath).read_bytes()
     changed = first[0].copy()
     changed.SeriesDescription = "a retried job built other bytes"
-    again = stage_results(settings, sm, None, [changed], now=T0)
+    again = stage_results(*outbox_of(settings), sm, None, [changed], now=T0)
     assert not again[0].written
     assert (settings.data_dir / staged[0].relpath).read_bytes() == original
     assert "the staged version is kept" in caplog.text
@@ -157,7 +159,7 @@ def test_bad_uids_never_become_paths(
         warnings.simplefilter("ignore")
         setattr(datasets[1], keyword, value)
     with pytest.raises(JobError, match="not a valid UID") as info:
-        stage_results(settings, sm, None, datasets, now=T0)
+        stage_results(*outbox_of(settings), sm, None, datasets, now=T0)
     assert info.value.retryable is False
     assert rows(sm) == []
     assert not (settings.data_dir / "results").exists()
@@ -169,7 +171,7 @@ def test_the_same_uid_twice_in_one_job_is_refused(
     settings, sm = node
     ds = results(1)[0]
     with pytest.raises(JobError, match="same SOP Instance UID twice"):
-        stage_results(settings, sm, None, [ds, ds], now=T0)
+        stage_results(*outbox_of(settings), sm, None, [ds, ds], now=T0)
 
 
 def test_checked_uid_names_what_is_wrong() -> None:
@@ -207,12 +209,12 @@ def test_status_counts_the_outbox_with_the_outbox_states(
     node: tuple[Settings, sessionmaker[Session]],
 ) -> None:
     settings, sm = node
-    stage_results(with_destinations(settings, PACS), sm, None, results(3), now=T0)
+    stage_results(*outbox_of(with_destinations(settings, PACS)), sm, None, results(3), now=T0)
     with sm.begin() as s:
         first, second, _ = s.scalars(select(OutboxItem).order_by(OutboxItem.id)).all()
         first.state = "delivered"
         second.state = "failed"
-    outbox = collect_status(settings)["outbox"]
+    outbox = collect_status(settings.data_dir, settings.database_target)["outbox"]
     assert outbox["by_destination"] == {"pacs": {"pending": 1, "delivered": 1, "failed": 1}}
     assert outbox["backlog"] == 1  # failed rows are given up, not waiting
     assert outbox["failed"] == 1

@@ -21,7 +21,6 @@ from daemon.followup.scheduler import (
     JOB_FOLLOWUP_DUE,
     JOB_FOLLOWUP_OVERDUE,
     JOB_RETENTION,
-    JobContext,
     NodeScheduler,
     followup_flagging_job,
     overdue_check_job,
@@ -30,6 +29,7 @@ from daemon.followup.scheduler import (
 )
 from daemon.followup.surveillance import record_finding
 from daemon.intake.spool import Spool
+from daemon.serve import scheduler_context
 from daemon.settings import Settings
 from tests.test_surveillance import BASE, CFG
 
@@ -46,7 +46,7 @@ def node_settings(make_settings: Callable[..., Settings], database_url: str) -> 
 
 
 def started(settings: Settings, clock: dt.datetime) -> NodeScheduler:
-    scheduler = NodeScheduler(settings, clock=lambda: clock)
+    scheduler = NodeScheduler(settings.scheduler, scheduler_context(settings), clock=lambda: clock)
     scheduler.start()
     return scheduler
 
@@ -89,7 +89,7 @@ def test_changed_interval_or_retention_replaces_the_job(node_settings: Settings)
 
 
 def test_job_arguments_survive_pickling(settings: Settings) -> None:
-    ctx = JobContext.from_settings(settings)
+    ctx = scheduler_context(settings)
     assert pickle.loads(pickle.dumps(ctx)) == ctx
 
 
@@ -105,7 +105,9 @@ def test_a_stored_job_runs_and_flags_the_due_entry(node_settings: Settings) -> N
         events.append(event)
         done.set()
 
-    scheduler = NodeScheduler(node_settings, engine=engine)
+    scheduler = NodeScheduler(
+        node_settings.scheduler, scheduler_context(node_settings), engine=engine
+    )
     scheduler.apscheduler.add_listener(listener, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
     scheduler.start()
     try:
@@ -124,7 +126,7 @@ def test_job_functions_take_an_injected_now(node_settings: Settings) -> None:
     with Session(engine) as session, session.begin():
         record_finding(session, CFG, BASE, now=dt.datetime(2026, 1, 11))
     engine.dispose()
-    ctx = JobContext.from_settings(node_settings)
+    ctx = scheduler_context(node_settings)
     assert followup_flagging_job(ctx, now=dt.datetime(2027, 1, 9)) == 0
     assert followup_flagging_job(ctx, now=dt.datetime(2027, 1, 10)) == 1
     assert overdue_check_job(ctx, now=dt.datetime(2027, 2, 9)) == 0

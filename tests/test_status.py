@@ -148,7 +148,7 @@ def _head_revision() -> str:
 
 
 def test_report_counts_everything(populated: Settings) -> None:
-    report = collect_status(populated)
+    report = collect_status(populated.data_dir, populated.database_target)
 
     assert report["database"]["state"] == "ok"
     assert report["database"]["schema"] == _head_revision()
@@ -180,14 +180,14 @@ def test_report_counts_everything(populated: Settings) -> None:
 
 
 def test_report_and_text_carry_no_patient_data(populated: Settings) -> None:
-    report = collect_status(populated)
+    report = collect_status(populated.data_dir, populated.database_target)
     dumped = json.dumps(report) + format_status(report)
     assert CANARY_NAME not in dumped
     assert CANARY_ID not in dumped
 
 
 def test_text_output_is_aligned_and_readable(populated: Settings) -> None:
-    out = format_status(collect_status(populated))
+    out = format_status(collect_status(populated.data_dir, populated.database_target))
     lines = out.splitlines()
 
     assert lines[0].startswith("ki67node ") and "not for diagnostic use" in lines[0]
@@ -213,7 +213,7 @@ def test_latency_looks_at_recent_jobs_only(
     populated: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(status_mod, "RECENT_JOBS_FOR_LATENCY", 1)
-    latency = collect_status(populated)["stage_latency_seconds"]
+    latency = collect_status(populated.data_dir, populated.database_target)["stage_latency_seconds"]
     assert latency == {"segment": {"jobs": 1, "mean": 4.0, "p50": 4.0, "p90": 4.0, "max": 4.0}}
 
 
@@ -231,7 +231,7 @@ def test_cli_status_json_and_text(populated: Settings, tmp_path: Path, capsys) -
 
 def test_no_database_yet_is_reported_not_created(settings: Settings, capsys) -> None:
     db_file = settings.data_dir / "ki67node.db"
-    report = collect_status(settings)
+    report = collect_status(settings.data_dir, settings.database_target)
 
     assert report["database"]["state"] == "missing"
     assert "no database yet" in format_status(report)
@@ -242,7 +242,7 @@ def test_no_database_yet_is_reported_not_created(settings: Settings, capsys) -> 
 def test_empty_file_without_schema_is_no_database_yet(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True)
     (settings.data_dir / "ki67node.db").write_bytes(b"")
-    report = collect_status(settings)
+    report = collect_status(settings.data_dir, settings.database_target)
     assert report["database"]["state"] == "missing"
 
 
@@ -250,11 +250,11 @@ def test_unreadable_database_raises_a_clear_error(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True)
     (settings.data_dir / "ki67node.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(DatabaseError, match="could not read the database at sqlite:///.*Check"):
-        collect_status(settings)
+        collect_status(settings.data_dir, settings.database_target)
 
 
 def test_read_engine_never_writes(populated: Settings) -> None:
-    engine = make_read_engine(populated)
+    engine = make_read_engine(populated.database_url)
     try:
         with engine.connect() as conn:
             assert query_status(conn)["series"]["total"] == 4

@@ -88,12 +88,17 @@ def test_one_patient_with_follow_up_studies(tmp_path: Path) -> None:
     assert info["counts"]["by_subgroup"] == {"asymptomatic": 1}
 
 
-def test_baseline_only_is_deterministic_and_matches_the_normal_cohort(tmp_path: Path) -> None:
+# One case in the fast lane; two (several patients in one cohort) in the slow lane only:
+# three cohorts are generated, the heaviest test of `make check` with two cases.
+@pytest.mark.parametrize("cases", [1, pytest.param(2, marks=pytest.mark.slow)], ids=["1", "2"])
+def test_baseline_only_is_deterministic_and_matches_the_normal_cohort(
+    tmp_path: Path, cases: int
+) -> None:
     a = generate_longitudinal(
-        tmp_path / "a", cases=2, seed=5, size="small", progress=False, write_followups=False
+        tmp_path / "a", cases=cases, seed=5, size="small", progress=False, write_followups=False
     )
     b = generate_cohort(
-        tmp_path / "b", cases=2, seed=5, size="small", progress=False, longitudinal=True
+        tmp_path / "b", cases=cases, seed=5, size="small", progress=False, longitudinal=True
     )
     assert a.followup_studies_written == 0 and not (tmp_path / "a" / "followups").exists()
     assert (tmp_path / "b" / "followups").is_dir()
@@ -106,6 +111,6 @@ def test_baseline_only_is_deterministic_and_matches_the_normal_cohort(tmp_path: 
     ]
     # baseline studies are the normal cohort's (asymptomatic subgroup) for the same seed
     normal = generate_cohort(
-        tmp_path / "c", cases=2, seed=5, size="small", progress=False, asymptomatic_fraction=1.0
+        tmp_path / "c", cases=cases, seed=5, size="small", progress=False, asymptomatic_fraction=1.0
     )
     assert normal.ground_truth_csv.read_text() == (tmp_path / "a" / "ground_truth.csv").read_text()

@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = load_config(args)
-    report = collect_status(settings)
+    report = collect_status(settings.data_dir, settings.database_target)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:

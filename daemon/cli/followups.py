@@ -95,10 +95,10 @@ def _growth(data: dict[str, Any] | None) -> str:
 
 def cmd_followups(args: argparse.Namespace) -> int:
     settings = load_config(args)
-    if database_missing(settings):
+    if database_missing(settings.database_url):
         report = followup_report(None, due_before=args.due_before)
     else:
-        engine = make_read_engine(settings)
+        engine = make_read_engine(settings.database_url, settings.database.busy_timeout_ms)
         try:
             report = followup_report(engine, due_before=args.due_before)
         finally:

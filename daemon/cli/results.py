@@ -33,7 +33,7 @@ from daemon.errors import NodeError
 from daemon.intake.headers import extract_header
 from daemon.intake.reanalysis import requeue_series
 from daemon.intake.series_filter import decide_series
-from daemon.jobs.queue import QueueFactory
+from daemon.serve import queue_factory
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def cmd_characteristics(args: argparse.Namespace) -> int:
                 select(Series.id).where(Series.study_id == study.id, Series.qualifies.is_(True))
             )
         )
-    queue = QueueFactory.from_settings(settings)()
+    queue = queue_factory(settings)()
     requeued = sum(
         requeue_series(engine, queue, sid, "radiological characteristics entered")
         for sid in series_ids

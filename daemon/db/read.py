@@ -15,8 +15,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from daemon.settings import Settings
-
 QUERY_TIMEOUT_SECONDS = 5
 
 
@@ -33,16 +31,15 @@ def sqlite_path(url: str) -> Path | None:
     return Path(raw) if raw and raw != ":memory:" else None
 
 
-def database_missing(settings: Settings) -> bool:
+def database_missing(url: str) -> bool:
     """True when the SQLite database file does not exist yet (read commands never create it)."""
-    path = sqlite_path(settings.database_url)
+    path = sqlite_path(url)
     return path is not None and not path.is_file()
 
 
-def make_read_engine(settings: Settings) -> Engine:
+def make_read_engine(url: str, busy_timeout_ms: int = 30_000) -> Engine:
     """An engine for reads only (status, metrics); see the module docstring."""
-    url = settings.database_url
-    timeout_s = settings.database.busy_timeout_ms / 1000
+    timeout_s = busy_timeout_ms / 1000
     if url.startswith("sqlite"):
         engine = create_engine(
             url,

@@ -39,7 +39,6 @@ from daemon.db.models import OutboxItem, utcnow
 from daemon.db.states import OutboxState
 from daemon.destinations import Destination
 from daemon.errors import JobError
-from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +65,9 @@ class StagedObject:
     queued: tuple[str, ...]  # destinations that got a new row (empty on a retried job)
 
 
-def destinations_of(settings: Settings) -> tuple[Destination, ...]:
+def destinations_of(configured: Sequence[Destination]) -> tuple[Destination, ...]:
     """The configured destinations, or the default ``outbox`` folder when none are."""
-    return settings.destinations or (DEFAULT_DESTINATION,)
+    return tuple(configured) or (DEFAULT_DESTINATION,)
 
 
 def checked_uid(value: object, what: str) -> str:
@@ -148,14 +147,16 @@ def remove_stale_parts(root: Path, older_than_seconds: float = STALE_PART_SECOND
 
 
 def stage_results(
-    settings: Settings,
+    data_dir: Path,
+    destinations: Sequence[Destination],
     session_factory: sessionmaker[Session],
     job_id: int | None,
     datasets: Sequence[Dataset],
     *,
     now: dt.datetime | None = None,
 ) -> list[StagedObject]:
-    """Write each dataset once under ``<data_dir>/results`` and queue it for every destination.
+    """Write each dataset once under ``<data_dir>/results`` and queue it for every destination
+    (``destinations`` as configured: none means the default ``outbox`` folder).
 
     Idempotent: the same UIDs staged again write no file and insert no row.
     Raises :class:`JobError` — not retryable for a dataset with bad UIDs or
@@ -168,7 +169,7 @@ def stage_results(
         raise JobError("the results contain the same SOP Instance UID twice", retryable=False)
     written: list[bool] = []
     for f in files:
-        target = settings.data_dir / f.relpath
+        target = data_dir / f.relpath
         try:
             written.append(publish_bytes(target, f.data))
         except OSError as exc:
@@ -181,7 +182,7 @@ def stage_results(
             # e.g. an unchanged SEG of an earlier revision (its UIDs follow the mask):
             # the staged version is the one the destinations have, or will, receive
             log.info("result %s was staged before; the staged version is kept", f.relpath)
-    queued = _queue(session_factory, job_id, files, destinations_of(settings), now)
+    queued = _queue(session_factory, job_id, files, destinations_of(destinations), now)
     return [
         StagedObject(
             sop_instance_uid=f.sop_instance_uid,

@@ -28,7 +28,7 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 from daemon.delivery.outbox import publish_bytes, uid_path
 from daemon.destinations import Destination
 from daemon.errors import SendError
-from daemon.settings import Settings
+from daemon.settings import DeliverySettings, NodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,14 @@ class Sender(Protocol):
     def close(self) -> None: ...
 
 
-def make_sender(settings: Settings, dest: Destination) -> Sender:
-    """The sender for a destination's type."""
+def make_sender(node: NodeSettings, delivery: DeliverySettings, dest: Destination) -> Sender:
+    """The sender for a destination's type (``node``: our AE title, PDU size and data_dir)."""
     if dest.type == "dicom":
-        return DicomSender(settings, dest)
+        return DicomSender(node, delivery, dest)
     if dest.type == "folder":
-        return FolderSender(settings, dest)
+        return FolderSender(node.data_dir, dest)
     if dest.type == "dicomweb":
-        return StowSender(settings, dest)
+        return StowSender(delivery, dest)
     raise SendError(f"destination {dest.name}: unknown type {dest.type!r} (fix [[destinations]])")
 
 
@@ -92,16 +92,15 @@ class DicomSender:
     rejected, aborted or refused association and a timeout mean retry.
     """
 
-    def __init__(self, settings: Settings, dest: Destination) -> None:
+    def __init__(self, node: NodeSettings, delivery: DeliverySettings, dest: Destination) -> None:
         self.dest = dest
         self.peer = f"{dest.ae_title}@{dest.host}:{dest.port}"
-        cfg = settings.delivery
-        self.ae = AE(ae_title=settings.node.ae_title)
-        self.ae.acse_timeout = cfg.association_timeout_seconds
-        self.ae.connection_timeout = cfg.association_timeout_seconds
-        self.ae.dimse_timeout = cfg.dimse_timeout_seconds
-        self.ae.network_timeout = cfg.dimse_timeout_seconds
-        self.ae.maximum_pdu_size = settings.node.max_pdu_bytes
+        self.ae = AE(ae_title=node.ae_title)
+        self.ae.acse_timeout = delivery.association_timeout_seconds
+        self.ae.connection_timeout = delivery.association_timeout_seconds
+        self.ae.dimse_timeout = delivery.dimse_timeout_seconds
+        self.ae.network_timeout = delivery.dimse_timeout_seconds
+        self.ae.maximum_pdu_size = node.max_pdu_bytes
 
     def send(self, items: Sequence[SendItem], stop: Callable[[], bool]) -> list[SendResult]:
         results: list[SendResult] = []
@@ -220,8 +219,8 @@ class FolderSender:
     absolute path writes elsewhere.
     """
 
-    def __init__(self, settings: Settings, dest: Destination) -> None:
-        data_dir = settings.data_dir.resolve()
+    def __init__(self, data_dir: Path, dest: Destination) -> None:
+        data_dir = data_dir.resolve()
         if not dest.path:
             raise SendError(f"destination {dest.name}: no folder path configured (set path)")
         root = Path(dest.path)
@@ -276,18 +275,17 @@ class StowSender:
     SOP Sequence and any HTTP or connection error mean retry.
     """
 
-    def __init__(self, settings: Settings, dest: Destination) -> None:
+    def __init__(self, delivery: DeliverySettings, dest: Destination) -> None:
         from dicomweb_client.api import DICOMwebClient
 
         self.dest = dest
-        cfg = settings.delivery
         self.session = requests.Session()
         if dest.username:
             self.session.auth = (dest.username, dest.password)
         self.client = DICOMwebClient(
             dest.url,
             session=self.session,
-            timeout=(cfg.association_timeout_seconds, cfg.dimse_timeout_seconds),
+            timeout=(delivery.association_timeout_seconds, delivery.dimse_timeout_seconds),
         )
         self.client.set_http_retry_params(retry=False)  # the outbox retries, with backoff
 

@@ -39,7 +39,7 @@ from daemon.delivery.outbox import destinations_of
 from daemon.delivery.senders import Sender, SendItem, SendResult, make_sender
 from daemon.destinations import Destination
 from daemon.errors import SendError
-from daemon.settings import Settings
+from daemon.settings import DeliverySettings, NodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +79,26 @@ class _Thread:
 
 
 class DeliveryService:
-    """Delivers the outbox to every destination; ``start`` runs it in threads."""
+    """Delivers the outbox to every destination; ``start`` runs it in threads.
+
+    ``node``: our AE title and PDU size, and the data_dir the staged files are
+    under; ``destinations`` as configured (none: the default ``outbox`` folder).
+    """
 
     def __init__(
         self,
-        settings: Settings,
+        node: NodeSettings,
+        delivery: DeliverySettings,
+        destinations: Sequence[Destination],
         session_factory: sessionmaker[Session],
         *,
         senders: Mapping[str, Sender] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.settings = settings
-        self.cfg = settings.delivery
+        self.node = node
+        self.cfg = delivery
         self.session_factory = session_factory
-        self.destinations = destinations_of(settings)
+        self.destinations = destinations_of(destinations)
         self._senders: dict[str, Sender] = dict(senders or {})
         self._rng = rng or random.Random()
         self._stop = threading.Event()
@@ -158,7 +164,7 @@ class DeliveryService:
 
     def _prepare(self, claimed: Sequence[_Claimed]) -> tuple[list[SendItem], dict[int, SendResult]]:
         """The files to send; a missing staged file can never be delivered (permanent)."""
-        root = self.settings.data_dir.resolve()
+        root = self.node.data_dir.resolve()
         items: list[SendItem] = []
         results: dict[int, SendResult] = {}
         for c in claimed:
@@ -188,7 +194,7 @@ class DeliveryService:
 
     def _sender(self, dest: Destination) -> Sender:
         if dest.name not in self._senders:
-            self._senders[dest.name] = make_sender(self.settings, dest)
+            self._senders[dest.name] = make_sender(self.node, self.cfg, dest)
         return self._senders[dest.name]
 
     def _apply(

@@ -42,7 +42,7 @@ from daemon.dicom.ul_pdu import (
     unpack_header,
 )
 from daemon.ops import metrics
-from daemon.settings import Settings
+from daemon.settings import NodeSettings, TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ def abstract_syntaxes(other_storage: str) -> frozenset[str]:
     return frozenset({VERIFICATION, *storage, *PROCESSED_SOP_CLASSES})
 
 
-def acceptor_config(settings: Settings) -> AcceptorConfig:
-    n = settings.node
+def acceptor_config(n: NodeSettings) -> AcceptorConfig:
     return AcceptorConfig(
         ae_title=n.ae_title,
         abstract_syntaxes=abstract_syntaxes(n.other_storage),
@@ -119,9 +118,8 @@ def acceptor_config(settings: Settings) -> AcceptorConfig:
     )
 
 
-def make_tls_context(settings: Settings) -> ssl.SSLContext:
+def make_tls_context(t: TlsSettings) -> ssl.SSLContext:
     """Server context: TLS ≥ 1.2 and a client certificate signed by ca_file."""
-    t = settings.tls
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -133,12 +131,13 @@ def make_tls_context(settings: Settings) -> ssl.SSLContext:
 class Listener:
     """Accepts associations on (bind, port) until :meth:`stop`."""
 
-    def __init__(self, settings: Settings, storage: InstanceStore[Any]) -> None:
-        self.settings = settings
+    def __init__(self, node: NodeSettings, tls: TlsSettings, storage: InstanceStore[Any]) -> None:
+        self.node = node
+        self.handshake_timeout = tls.handshake_timeout_seconds
         self.storage = storage
-        self.config = acceptor_config(settings)
-        self.tls = make_tls_context(settings) if settings.tls.enabled else None
-        self.max_associations = settings.node.max_associations
+        self.config = acceptor_config(node)
+        self.tls = make_tls_context(tls) if tls.enabled else None
+        self.max_associations = node.max_associations
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -152,7 +151,7 @@ class Listener:
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
-        n = self.settings.node
+        n = self.node
         family = socket.AF_INET6 if ":" in n.bind else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -245,7 +244,7 @@ class Listener:
     def _handshake(self, conn: socket.socket) -> socket.socket | None:
         if self.tls is None:
             return conn
-        conn.settimeout(self.settings.tls.handshake_timeout_seconds)
+        conn.settimeout(self.handshake_timeout)
         try:
             tls_conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
             tls_conn.do_handshake()

@@ -47,7 +47,12 @@ from daemon.db.states import (
 )
 from daemon.followup.rules import status_at
 from daemon.intake.spool import Spool
-from daemon.settings import FollowupSettings, Settings
+from daemon.settings import (
+    DatabaseTarget,
+    FollowupSettings,
+    RetentionSettings,
+    SchedulerSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +78,19 @@ class JobContext:
     spool_days: int
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> JobContext:
+    def from_sections(
+        cls,
+        database: DatabaseTarget,
+        followup: FollowupSettings,
+        retention: RetentionSettings,
+        spool_dir: Path,
+    ) -> JobContext:
         return cls(
-            database_url=settings.database_url,
-            busy_timeout_ms=settings.database.busy_timeout_ms,
-            followup=settings.followup,
-            spool_dir=str(settings.spool_dir),
-            spool_days=settings.retention.spool_days,
+            database_url=database.url,
+            busy_timeout_ms=database.busy_timeout_ms,
+            followup=followup,
+            spool_dir=str(spool_dir),
+            spool_days=retention.spool_days,
         )
 
 
@@ -253,22 +264,24 @@ def _finished(session: Session, series: Series) -> bool:
 class NodeScheduler:
     """The APScheduler instance of a running node (started and stopped by ``serve``).
 
+    ``cfg``: the intervals; ``context``: what the jobs get (stored with them);
     ``engine``: the node's engine (the job store's table lives in its
-    database); ``clock``: aware UTC now, for the first run time of a new job.
+    database; default: one on ``context.database_url``); ``clock``: aware UTC
+    now, for the first run time of a new job.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        cfg: SchedulerSettings,
+        context: JobContext,
         *,
         engine: Engine | None = None,
         clock: Callable[[], dt.datetime] = _aware_utcnow,
     ) -> None:
-        self.settings = settings
+        self.cfg = cfg
+        self.context = context
         self._own_engine = engine is None
-        self.engine = engine or make_engine(
-            settings.database_url, settings.database.busy_timeout_ms
-        )
+        self.engine = engine or make_engine(context.database_url, context.busy_timeout_ms)
         self._clock = clock
         self._scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self.engine, tablename=JOBSTORE_TABLE)},
@@ -304,8 +317,7 @@ class NodeScheduler:
         return {job.id: job.next_run_time for job in self._scheduler.get_jobs()}
 
     def _install_jobs(self) -> None:
-        cfg = self.settings.scheduler
-        ctx = JobContext.from_settings(self.settings)
+        cfg, ctx = self.cfg, self.context
         followup_s = cfg.followup_check_minutes * 60
         specs: list[tuple[str, Callable[..., int], int]] = [
             (JOB_FOLLOWUP_DUE, followup_flagging_job, followup_s),

@@ -39,7 +39,8 @@ from daemon.followup.surveillance import (
 from daemon.intake.reanalysis import latest_received_seg, previous_sr
 from daemon.intake.spool import Spool
 from daemon.jobs.queue import ClaimedJob
-from daemon.settings import FollowupSettings, Settings
+from daemon.jobs.worker_process import JobSettings
+from daemon.settings import FollowupSettings
 from dicom_out.context import OutputError, Predecessor, PriorComparison
 
 if TYPE_CHECKING:  # torch-free at import: the serving process imports this module's names
@@ -65,7 +66,7 @@ class JobInputs:
 
 
 def run_job(
-    session_factory: sessionmaker[Session], settings: Settings, job: ClaimedJob
+    session_factory: sessionmaker[Session], cfg: JobSettings, job: ClaimedJob
 ) -> dict[str, Any]:
     """Run one attempt of ``job``; return its JSON-safe result.
 
@@ -75,7 +76,7 @@ def run_job(
     from daemon.jobs.chain import ChainRequest  # torch: worker processes only
 
     timings: dict[str, float] = {}
-    spool = Spool(settings.spool_dir)
+    spool = Spool(cfg.spool_dir)
     inputs = _inputs(session_factory, spool, job)
     series_uid = inputs.series_uid
     try:
@@ -100,12 +101,12 @@ def run_job(
         received_seg=inputs.received_seg,
         predecessor=inputs.predecessor,
     )
-    surveillance = Surveillance(session_factory, settings.followup, inputs)
-    chain = _run_chain(request, settings, volume, surveillance, job)
+    surveillance = Surveillance(session_factory, cfg.followup, inputs)
+    chain = _run_chain(request, cfg, volume, surveillance, job)
     timings.update(chain.timings)
 
     start = time.perf_counter()
-    staged = _stage(settings, session_factory, job, chain.datasets)
+    staged = _stage(cfg, session_factory, job, chain.datasets)
     timings["stage"] = time.perf_counter() - start
     summary = chain.summary()
     return {
@@ -132,7 +133,7 @@ def run_job(
 
 def _run_chain(
     request: ChainRequest,
-    settings: Settings,
+    cfg: JobSettings,
     volume: Volume,
     surveillance: Surveillance,
     job: ClaimedJob,
@@ -142,7 +143,7 @@ def _run_chain(
 
     series_uid = surveillance.inputs.series_uid
     try:
-        return run_chain(request, settings.pipeline, volume=volume, prior=surveillance)
+        return run_chain(request, cfg.pipeline, volume=volume, prior=surveillance)
     except (AiCoreError, OutputError) as exc:  # bad data or unsupported: a retry cannot help
         raise JobError(f"series {series_uid}: {exc}", retryable=False) from exc
     except SQLAlchemyError as exc:
@@ -155,14 +156,14 @@ def _run_chain(
 
 
 def _stage(
-    settings: Settings,
+    cfg: JobSettings,
     session_factory: sessionmaker[Session],
     job: ClaimedJob,
     datasets: list[Dataset],
 ) -> list[StagedObject]:
     """The results into the outbox; a database or disk problem is retryable."""
     try:
-        return stage_results(settings, session_factory, job.id, datasets)
+        return stage_results(cfg.data_dir, cfg.destinations, session_factory, job.id, datasets)
     except SQLAlchemyError as exc:
         raise JobError(
             f"job {job.id}: database unavailable while staging results; will retry",

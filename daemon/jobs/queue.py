@@ -31,6 +31,7 @@ from daemon.db.engine import make_engine, make_sessionmaker
 from daemon.db.models import Job, Series, utcnow
 from daemon.db.states import AuditKind, AuditLevel, JobState
 from daemon.errors import JobError
+from daemon.settings import DatabaseTarget, PipelineSettings
 
 log = logging.getLogger(__name__)
 
@@ -374,12 +375,12 @@ class QueueFactory:
     busy_timeout_ms: int = 30_000
 
     @classmethod
-    def from_settings(cls, settings: Any) -> QueueFactory:
+    def from_sections(cls, database: DatabaseTarget, pipeline: PipelineSettings) -> QueueFactory:
         return cls(
-            database_url=settings.database_url,
-            max_attempts=settings.pipeline.job_max_attempts,
-            backoff_seconds=settings.pipeline.job_retry_backoff_seconds,
-            busy_timeout_ms=settings.database.busy_timeout_ms,
+            database_url=database.url,
+            max_attempts=pipeline.job_max_attempts,
+            backoff_seconds=pipeline.job_retry_backoff_seconds,
+            busy_timeout_ms=database.busy_timeout_ms,
         )
 
     def __call__(self) -> JobQueue:

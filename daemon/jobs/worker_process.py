@@ -17,13 +17,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from daemon.destinations import Destination
 from daemon.errors import JobError
 from daemon.jobs.queue import ClaimedJob, JobLostError, JobQueue
-from daemon.settings import Settings
+from daemon.settings import FollowupSettings, PipelineSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +47,29 @@ class WorkerOptions:
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    """The configuration a job reads (picklable: each worker process gets a copy).
+
+    ``pipeline``: the chain and its retries; ``followup``: the surveillance
+    rules; ``spool_dir``: the received instances; ``data_dir`` and
+    ``destinations`` (as configured): where results are staged and for whom.
+    """
+
+    pipeline: PipelineSettings
+    followup: FollowupSettings
+    data_dir: Path
+    spool_dir: Path
+    destinations: tuple[Destination, ...] = ()
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
     """Everything a worker process needs; pickled to the child."""
 
     worker_id: str
     queue_factory: Callable[[], JobQueue]
     job_target: str
-    settings: Settings
+    job_settings: JobSettings
     options: WorkerOptions
     log_level: str
     parent_pid: int
@@ -101,7 +119,7 @@ def worker_main(spec: WorkerSpec, shared_job_id: Any, shared_started: Any) -> No
         shared_job_id.value = job.id
         current["job"] = job
         try:
-            _run_one(queue, target, spec.settings, job)
+            _run_one(queue, target, spec.job_settings, job)
         finally:
             current["job"] = None
             shared_job_id.value = 0
@@ -109,13 +127,13 @@ def worker_main(spec: WorkerSpec, shared_job_id: Any, shared_started: Any) -> No
 
 
 def _run_one(
-    queue: JobQueue, target: Callable[..., dict[str, Any]], settings: Settings, job: ClaimedJob
+    queue: JobQueue, target: Callable[..., dict[str, Any]], cfg: JobSettings, job: ClaimedJob
 ) -> None:
     log.info("job %d (%s) attempt %d/%d started", job.id, job.kind, job.attempt, job.max_attempts)
     result: dict[str, Any] | None = None
     error, retryable = "", True
     try:
-        result = target(queue.sessionmaker, settings, job)
+        result = target(queue.sessionmaker, cfg, job)
         if not isinstance(result, dict):
             raise TypeError(f"{job.kind} returned {type(result).__name__}, not a dict")
         json.dumps(result)  # a result the database cannot store is a bug: fail the attempt

@@ -32,9 +32,8 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from daemon.errors import JobError
-from daemon.jobs.queue import JobLostError, JobQueue, QueueFactory
-from daemon.jobs.worker_process import WorkerOptions, WorkerSpec, worker_main
-from daemon.settings import Settings
+from daemon.jobs.queue import JobLostError, JobQueue
+from daemon.jobs.worker_process import JobSettings, WorkerOptions, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +59,31 @@ class _Slot:
 
 
 class WorkerSupervisor:
-    """Runs ``n_workers`` worker processes; ``poll`` about once a second."""
+    """Runs ``n_workers`` worker processes; ``poll`` about once a second.
+
+    ``job_settings`` go to every job (``job_target(sessionmaker, job_settings,
+    job)``); its ``pipeline`` section also gives the default number of workers
+    (``pipeline.workers``) and the job timeout. ``log_level``: the workers'.
+    """
 
     def __init__(
         self,
-        settings: Settings,
-        queue_factory: Callable[[], JobQueue] | None = None,
+        job_settings: JobSettings,
+        queue_factory: Callable[[], JobQueue],
         n_workers: int | None = None,
         *,
+        log_level: str = "INFO",
         options: WorkerOptions | None = None,
         job_target: str = DEFAULT_JOB_TARGET,
     ) -> None:
-        self.settings = settings
-        self.queue_factory = queue_factory or QueueFactory.from_settings(settings)
-        self.n_workers = settings.pipeline.workers if n_workers is None else n_workers
+        pipeline = job_settings.pipeline
+        self.job_settings = job_settings
+        self.queue_factory = queue_factory
+        self.n_workers = pipeline.workers if n_workers is None else n_workers
+        self.log_level = log_level
         self.options = options or WorkerOptions()
         self.job_target = job_target
-        self.job_timeout = settings.pipeline.job_timeout_seconds
+        self.job_timeout = pipeline.job_timeout_seconds
         self._queue: JobQueue | None = None
         self._slots = [_Slot(index=i) for i in range(self.n_workers)]
         self._prefix = f"{host_prefix()}{os.getpid()}:"
@@ -204,9 +211,9 @@ class WorkerSupervisor:
             worker_id=slot.worker_id,
             queue_factory=self.queue_factory,
             job_target=self.job_target,
-            settings=self.settings,
+            job_settings=self.job_settings,
             options=self.options,
-            log_level=self.settings.logging.level,
+            log_level=self.log_level,
             parent_pid=os.getpid(),
         )
         proc = _MP.Process(

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,7 +38,7 @@ from daemon.errors import DatabaseError
 from daemon.followup.queries import followup_report
 from daemon.ops.metrics import REGISTRY, DatabaseCollector
 from daemon.ops.status import collect_status
-from daemon.settings import Settings
+from daemon.settings import DatabaseTarget, HttpSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +66,25 @@ class StatusServer:
 
     ``health_checks`` maps a name to a callable returning truthy when healthy;
     a check that returns falsy, raises or takes longer than
-    :data:`HEALTH_CHECK_TIMEOUT_SECONDS` fails ``/healthz``. ``sessionmaker``
-    is accepted for the caller's convenience but not used: reads have their
-    own engine (see the module docstring); tests may inject ``read_engine``.
+    :data:`HEALTH_CHECK_TIMEOUT_SECONDS` fails ``/healthz``. ``http`` is where
+    it listens; ``data_dir`` and ``database`` are the node it reports on. Reads
+    have their own engine (see the module docstring); tests may inject
+    ``read_engine``.
     """
 
     def __init__(
         self,
-        settings: Settings,
-        sessionmaker: Any = None,
+        http: HttpSettings,
+        data_dir: Path,
+        database: DatabaseTarget,
         health_checks: Mapping[str, HealthCheck] | None = None,
         *,
         registry: CollectorRegistry = REGISTRY,
         read_engine: Engine | None = None,
     ) -> None:
-        self.settings = settings
+        self.http = http
+        self.data_dir = data_dir
+        self.database = database
         self.health_checks = dict(health_checks or {})
         self._registry = registry
         self._engine = read_engine
@@ -93,14 +98,14 @@ class StatusServer:
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         """Bind and serve in a daemon thread; no-op when ``http.enabled`` is false."""
-        if not self.settings.http.enabled:
+        if not self.http.enabled:
             log.info("HTTP status server disabled (http.enabled = false)")
             return
         if self._server is not None:
             return
         if self._engine is None:
-            self._engine = make_read_engine(self.settings)
-        cfg = self.settings.http
+            self._engine = self._read_engine()
+        cfg = self.http
         server_cls = _Server6 if ":" in cfg.bind else _Server
         try:
             self._server = server_cls((cfg.bind, cfg.port), _Handler, self)
@@ -172,16 +177,19 @@ class StatusServer:
     def status_report(self) -> dict[str, Any]:
         """``collect_status`` on the shared read engine (raises DatabaseError)."""
         if self._engine is None:
-            self._engine = make_read_engine(self.settings)
-        return collect_status(self.settings, self._engine)
+            self._engine = self._read_engine()
+        return collect_status(self.data_dir, self.database, self._engine)
 
     def followups_report(self, due_before: dt.date | None) -> dict[str, Any]:
         """The follow-up list (:func:`daemon.followup.queries.followup_report`) on the read engine."""
-        if database_missing(self.settings):
+        if database_missing(self.database.url):
             return followup_report(None, due_before=due_before)  # never create it here
         if self._engine is None:
-            self._engine = make_read_engine(self.settings)
+            self._engine = self._read_engine()
         return followup_report(self._engine, due_before=due_before)
+
+    def _read_engine(self) -> Engine:
+        return make_read_engine(self.database.url, self.database.busy_timeout_ms)
 
     def metrics_text(self) -> bytes:
         """The process counters plus the database gauges, Prometheus text format."""

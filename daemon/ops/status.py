@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, inspect, select, text
@@ -35,7 +36,7 @@ from daemon.db.models import (
 from daemon.db.read import make_read_engine, safe_url, sqlite_path
 from daemon.db.states import AuditLevel, JobState, OutboxState, SeriesState
 from daemon.errors import DatabaseError
-from daemon.settings import Settings
+from daemon.settings import DatabaseTarget
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +55,27 @@ DB_MISSING = "missing"
 _SCHEMA_MARKER_TABLE = "jobs"
 
 
-def collect_status(settings: Settings, engine: Engine | None = None) -> dict[str, Any]:
-    """The status report. ``engine`` (a read engine) is reused when given.
+def collect_status(
+    data_dir: Path, database: DatabaseTarget, engine: Engine | None = None
+) -> dict[str, Any]:
+    """The status report of the node under ``data_dir``. ``engine`` (a read engine) is
+    reused when given.
 
     Raises :class:`DatabaseError` when the database exists but cannot be read.
     """
-    url = settings.database_url
+    url = database.url
     report: dict[str, Any] = {
         "version": __version__,
         "disclaimer": DISCLAIMER,
         "generated_at": _iso(dt.datetime.now(dt.UTC).replace(tzinfo=None)),
-        "data_dir": str(settings.data_dir),
+        "data_dir": str(data_dir),
         "database": {"url": safe_url(url), "state": DB_MISSING},
     }
     db_file = sqlite_path(url)
     if db_file is not None and not db_file.is_file():
         return report  # never create it here: `serve` creates and migrates it
     own = engine is None
-    eng = make_read_engine(settings) if engine is None else engine
+    eng = make_read_engine(url, database.busy_timeout_ms) if engine is None else engine
     try:
         with eng.connect() as conn:
             if not inspect(conn).has_table(_SCHEMA_MARKER_TABLE):
