@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ai_core.errors import EvaluationError
+from lab.evaluation.metrics import youden_threshold
 
 log = logging.getLogger(__name__)
 
@@ -333,14 +334,11 @@ def youden_cut(time: Any, event: Any, score: Any, years: float) -> CutPoint | No
     case, control = (t <= years) & e, t > years
     if not case.any() or not control.any():
         return None
-    best: tuple[float, float, float, float] | None = None
-    for th in np.unique(s)[::-1]:
-        sens = float((s[case] >= th).mean())
-        spec = float((s[control] < th).mean())
-        if best is None or sens + spec - 1 > best[0]:
-            best = (sens + spec - 1, float(th), sens, spec)
-    assert best is not None
-    j, th, sens, spec = best
+    known = case | control
+    th = youden_threshold(case[known].astype(int), s[known])
+    sens = float((s[case] >= th).mean())
+    spec = float((s[control] < th).mean())
+    j = sens + spec - 1
     return CutPoint(
         threshold=th,
         years=float(years),
