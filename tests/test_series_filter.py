@@ -34,6 +34,7 @@ CHECK_NAMES = {
     "contrast",
     "slice_thickness",
     "slice_count",
+    "lossless",
 }
 
 
