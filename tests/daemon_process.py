@@ -36,6 +36,12 @@ EXIT_OK = 0
 HTTP_OK = 200
 LOG_TAIL_CHARS = 4000
 SCU_AET = "E2ESCU"
+# One line of a storescu ``-v`` log: a file being sent, or the status of its answer. DCMTK
+# writes "(Success)", pynetdicom's app "(Status: 0x0000 - Success)".
+_STORE_LOG_RE = re.compile(
+    r"Sending file: (?P<file>\S+)"
+    r"|Received Store Response \((?:Status: 0x0000 - )?(?P<status>[^)]*)\)"
+)
 
 
 def unit_stop_timeout(unit: Path = UNIT_FILE) -> float:
@@ -135,6 +141,18 @@ def c_echo(port: int, called_aet: str = "KI67NODE", timeout: float = ECHO_TIMEOU
         return bool(status) and status.Status == 0
     finally:
         assoc.release()
+
+
+def store_successes(output: str) -> set[str]:
+    """Files a storescu (DCMTK's or pynetdicom's) saw answered with Success, from its ``-v`` log."""
+    done: set[str] = set()
+    current = ""
+    for match in _STORE_LOG_RE.finditer(output):
+        if match.group("file"):
+            current = match.group("file")
+        elif match.group("status") == "Success" and current:
+            done.add(current)
+    return done
 
 
 def http_get(port: int, path: str, timeout: float = HTTP_TIMEOUT_SECONDS) -> tuple[int, bytes]:
@@ -364,6 +382,12 @@ def temp_files(data_dir: Path) -> list[Path]:
     if spool_tmp.is_dir():
         leftovers += [p for p in spool_tmp.iterdir() if p not in leftovers]
     return leftovers
+
+
+def published_files(data_dir: Path) -> list[Path]:
+    """Files published in the spool (``spool/<day>/*.dcm``), not temp, not quarantine."""
+    spool = Path(data_dir) / "spool"
+    return [p for p in spool.glob("*/*.dcm") if p.parent.name not in (".tmp", "quarantine")]
 
 
 def stored_instances(data_dir: Path) -> dict[str, tuple[str, str, str]]:
