@@ -113,9 +113,21 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def system_which(name: str) -> str | None:
+    """``shutil.which`` without the virtual environment's bin folder.
+
+    pynetdicom installs Python scripts named ``storescu`` and ``echoscu``
+    there, which would stand in for DCMTK's when the venv is activated.
+    """
+    venv_bin = Path(sys.prefix, "bin").resolve()
+    folders = os.environ.get("PATH", "").split(os.pathsep)
+    search = os.pathsep.join(d for d in folders if d and Path(d).resolve() != venv_bin)
+    return shutil.which(name, path=search)
+
+
 def c_echo(port: int, called_aet: str = "KI67NODE", timeout: float = ECHO_TIMEOUT_SECONDS) -> bool:
     """True when a C-ECHO on 127.0.0.1:``port`` is answered with Success."""
-    echoscu = shutil.which("echoscu")
+    echoscu = system_which("echoscu")
     if echoscu is not None:
         try:
             cmd = [echoscu, "-aet", SCU_AET, "-aec", called_aet, "-to", str(max(int(timeout), 1))]
