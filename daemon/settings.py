@@ -32,6 +32,7 @@ class NodeSettings:
     port: int = 11112
     data_dir: Path = Path("var")
     allowed_calling_aets: tuple[str, ...] = ()
+    require_called_aet: bool = False  # true: refuse requests not addressed to ae_title
     max_associations: int = 16
     max_pdu_bytes: int = 4_194_304
     max_instance_bytes: int = 536_870_912
@@ -70,6 +71,9 @@ class FilterSettings:
         "+c gd gad gado post contrast kontrast ce km mdc".split()
     )
     min_slices: int = 64
+    # Lossy-compressed source images change the radiomics features the model
+    # reads; refused unless a site accepts that (the SR then says so).
+    accept_lossy: bool = False
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,9 @@ ANALYSIS_STATUS = _private("ANALYSIS-STATUS", "Ki-67 analysis status")
 ASSESSABLE = _private("ASSESSABLE", "Assessable")
 NOT_ASSESSABLE = _private("NOT-ASSESSABLE", "Not assessable")
 NOT_ASSESSABLE_REASON = _private("NA-REASON", "Reason not assessable")
+# Lossy Image Compression is an image attribute (PS3.3 C.7.6.1.1.5); no DCM or
+# SNOMED CT concept for stating it in an SR was found: private on purpose.
+LOSSY_SOURCE = _private("LOSSY-SOURCE", "Source images lossy compressed")
 
 # Growth against the patient's prior study (surveillance). No DICOM (CID 7xxx, PS3.16
 # "DCM") or SNOMED CT concept for a volume change, annualised growth rate, volume

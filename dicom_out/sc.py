@@ -34,6 +34,7 @@ from dicom_out.context import (
     OutputError,
     copy_patient_study,
 )
+from dicom_out.lossy import source_lossy
 from dicom_out.planes import AxialPlane, RenderParams
 from dicom_out.render import RenderedSlice, render_heatmaps
 
@@ -161,7 +162,8 @@ def _instance(ctx: OutputContext, item: RenderedSlice) -> Dataset:
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
-    sc.LossyImageCompression = "00"
+    # Once lossy, always lossy (PS3.3 C.7.6.1.1.5): the heatmap shows the source pixels.
+    sc.LossyImageCompression = "01" if source_lossy(ctx.source) else "00"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.DerivationDescription = DERIVATION_DESCRIPTION
     sc.ImageComments = (

@@ -58,6 +58,7 @@ from dicom_out.context import (
     PriorComparison,
     derived_uid,
 )
+from dicom_out.lossy import source_lossy
 from dicom_out.seg import SEGMENT_LABEL, pin_creation_times, tracking_uid
 
 log = logging.getLogger(__name__)
@@ -343,15 +344,25 @@ def _evaluations(ctx: OutputContext) -> list[QualitativeEvaluation]:
 
 def _texts(ctx: OutputContext) -> Sequence[TextContentItem]:
     p = ctx.prediction
+    lossy = source_lossy(ctx.source)
+    lossy_items = [] if lossy is None else [_text(codes.LOSSY_SOURCE, lossy_text(lossy))]
     if p is None:
         reason = ctx.analysis.reason if not ctx.analysis.ok else "the model gave no prediction"
-        return [_text(codes.NOT_ASSESSABLE_REASON, reason or "not given")]
-    out = []
+        return [_text(codes.NOT_ASSESSABLE_REASON, reason or "not given"), *lossy_items]
+    out = lossy_items
     if p.characteristics:
         out.append(_text(codes.CHARACTERISTICS_SOURCE, ctx.characteristics_source))
     if ctx.prior is not None and ctx.analysis.ok:
         out.append(_text(codes.PRIOR_STUDY, prior_text(ctx.prior)))
     return out
+
+
+def lossy_text(reason: str) -> str:
+    """The SR's statement about lossy-compressed source images."""
+    return (
+        f"Yes ({reason}): the volume, the radiomics features and the prediction were "
+        "computed from lossy-compressed images, which the model was not validated on"
+    )
 
 
 def prior_text(c: PriorComparison) -> str:

@@ -4,7 +4,9 @@
 
 Starts the node's own listener (:func:`tests.listener_harness.start_node`)
 behind a recording TCP proxy, sends real traffic through the proxy (DCMTK
-``echoscu``/``storescu`` with several options, pynetdicom), then writes:
+``echoscu``/``storescu`` with several options, pynetdicom, and the test
+suite's socket-level client for the one data set both of them rewrite),
+then writes:
 
 * ``corpus/pdu/``: every distinct PDU the clients sent, one file each, and
   the whole client stream of each association (for the association path of
@@ -16,8 +18,9 @@ behind a recording TCP proxy, sends real traffic through the proxy (DCMTK
 The instances are small MR images from :func:`tests.factories.make_mr_series`:
 explicit and implicit VR, undefined-length sequences, an Enhanced MR
 (functional group sequences), RLE Lossless (encapsulated pixel data),
-ISO 2022 IR 87 text, and one nested deeper than the check allows (refused
-with 0xC000; its data set seeds are the file as sent). The folders are
+ISO 2022 IR 87 text, a private sequence as UN of undefined length (CP-246),
+and one nested deeper than the check allows (refused with 0xC000; its data
+set seeds are the file as sent). The folders are
 emptied first; UIDs differ per run.
 """
 
@@ -45,10 +48,13 @@ from daemon.intake.dataset_check import MAX_DEPTH
 from daemon.settings import load_settings
 from fuzz.fuzz_dataset import MODE_NUMBER, MODES, seed
 from fuzz.run import MAX_INPUT_BYTES
+from tests.daemon_process import system_which
 from tests.factories import make_mr_series
 from tests.listener_harness import (
     HOST,
+    MR_STORAGE,
     NodeUnderTest,
+    RawClient,
     dataset_part,
     scu_echo,
     scu_store,
@@ -166,6 +172,28 @@ def _nested_too_deep(ds: Dataset) -> Dataset:
     return ds
 
 
+def _un_sequence() -> bytes:
+    """Explicit VR LE bytes of a private creator and a private sequence stored as UN
+    with undefined length, its item's elements in implicit VR (PS3.5 §6.2.2, CP-246)."""
+    creator = b"ACME 1.0"
+    inner = struct.pack("<HHL", 0x0009, 0x0010, len(creator)) + creator
+    inner += struct.pack("<HHL", 0x0009, 0x1002, 4) + b"ABCD"
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + inner
+    item += struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+    element = struct.pack("<HH2sHL", 0x0009, 0x1001, b"UN", 0, 0xFFFFFFFF) + item
+    element += struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    return struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", len(creator)) + creator + element
+
+
+def _insert_un_sequence(path: Path) -> Path:
+    """Put :func:`_un_sequence` into an explicit VR file, before group 0010 (tags ascending)."""
+    data = path.read_bytes()
+    start = len(data) - len(dataset_part(data))
+    cut = data.index(struct.pack("<HH", 0x0010, 0x0010), start)
+    path.write_bytes(data[:cut] + _un_sequence() + data[cut:])
+    return path
+
+
 def make_instances(folder: Path) -> dict[str, list[Path]]:
     """Small MR files, one instance per send (a resent instance would be quarantined)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,6 +227,7 @@ def make_instances(folder: Path) -> dict[str, list[Path]]:
         ),
         "japanese": save("japanese", japanese),
         "deep": save("deep", _nested_too_deep(mr())),
+        "cp246": [_insert_un_sequence(save("cp246", mr())[0])],
     }
 
 
@@ -208,7 +237,10 @@ def _dcmtk(proxy: RecordingProxy, label: str, tool: str, *args: str | Path) -> N
     proxy.label = label
     options = [str(a) for a in args if not isinstance(a, Path)]
     files = [str(a) for a in args if isinstance(a, Path)]
-    command = [tool, "-aec", CALLED_AE, "-aet", label[:16].upper(), *options]
+    program = system_which(tool)  # DCMTK's, never pynetdicom's script of the same name
+    if program is None:
+        raise RuntimeError(f"{tool} not found: install DCMTK (apt-get install dcmtk)")
+    command = [program, "-aec", CALLED_AE, "-aet", label[:16].upper(), *options]
     command += [HOST, str(proxy.port), *files]
     done = subprocess.run(command, capture_output=True, text=True, timeout=TOOL_TIMEOUT_SECONDS)
     if done.returncode != 0 and "--abort" not in options:
@@ -236,11 +268,24 @@ def send_traffic(proxy: RecordingProxy, files: dict[str, list[Path]]) -> None:
     _dcmtk(proxy, "storescu-abort", "storescu", "--abort", *files["abort"])
     proxy.label = "pynetdicom-echo"
     scu_echo(proxy.port)
-    for name, status in (("undefined", 0), ("enhanced", 0), ("japanese", 0), ("deep", 0xC000)):
+    sends = [("undefined", 0), ("enhanced", 0), ("japanese", 0), ("deep", 0xC000)]
+    for name, status in sends:
         proxy.label = f"pynetdicom-{name}"
         statuses = scu_store(proxy.port, files[name])
         if statuses != [status]:
             raise RuntimeError(f"pynetdicom-{name}: statuses {statuses}, not {status:#06x}")
+    # DCMTK and pynetdicom rewrite a UN of undefined length as SQ: the test suite's
+    # socket-level client sends the file's data set bytes as they are.
+    proxy.label = "rawclient-cp246"
+    (path,) = files["cp246"]
+    uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    with RawClient(proxy.port) as client:
+        if not client.associate().established:
+            raise RuntimeError("rawclient-cp246: association refused")
+        status = client.c_store(dataset_part(path.read_bytes()), MR_STORAGE, uid)
+        client.release()
+    if status != 0:
+        raise RuntimeError(f"rawclient-cp246: status {status:#06x}")
 
 
 # -- writing the corpus -----------------------------------------------------------------------
@@ -308,7 +353,7 @@ def _node(root: Path) -> Iterator[tuple[NodeUnderTest, RecordingProxy]]:
 
 def main() -> int:
     for tool in ("storescu", "echoscu"):
-        if shutil.which(tool) is None:
+        if system_which(tool) is None:
             print(f"{tool} not found: install DCMTK (apt-get install dcmtk)", file=sys.stderr)
             return 2
     with tempfile.TemporaryDirectory(prefix="ki67node-corpus-") as tmp:

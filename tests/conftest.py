@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from daemon.settings import Settings, load_settings
+from tests.daemon_process import system_which
 
 
 def free_port() -> int:
@@ -23,8 +23,11 @@ def free_port() -> int:
 
 
 def require_tool(name: str) -> str:
-    """Path of a real peer program; skip without it, or fail in CI."""
-    path = shutil.which(name)
+    """Path of a real peer program; skip without it, or fail in CI.
+
+    The virtual environment's bin folder is left out (:func:`system_which`).
+    """
+    path = system_which(name)
     if path is None:
         msg = f"{name} is not installed (apt-get install dcmtk orthanc dicom3tools)"
         if os.environ.get("KI67NODE_REQUIRE_PEERS"):

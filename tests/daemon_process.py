@@ -36,6 +36,12 @@ EXIT_OK = 0
 HTTP_OK = 200
 LOG_TAIL_CHARS = 4000
 SCU_AET = "E2ESCU"
+# One line of a storescu ``-v`` log: a file being sent, or the status of its answer. DCMTK
+# writes "(Success)", pynetdicom's app "(Status: 0x0000 - Success)".
+_STORE_LOG_RE = re.compile(
+    r"Sending file: (?P<file>\S+)"
+    r"|Received Store Response \((?:Status: 0x0000 - )?(?P<status>[^)]*)\)"
+)
 
 
 def unit_stop_timeout(unit: Path = UNIT_FILE) -> float:
@@ -107,9 +113,21 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def system_which(name: str) -> str | None:
+    """``shutil.which`` without the virtual environment's bin folder.
+
+    pynetdicom installs Python scripts named ``storescu`` and ``echoscu``
+    there, which would stand in for DCMTK's when the venv is activated.
+    """
+    venv_bin = Path(sys.prefix, "bin").resolve()
+    folders = os.environ.get("PATH", "").split(os.pathsep)
+    search = os.pathsep.join(d for d in folders if d and Path(d).resolve() != venv_bin)
+    return shutil.which(name, path=search)
+
+
 def c_echo(port: int, called_aet: str = "KI67NODE", timeout: float = ECHO_TIMEOUT_SECONDS) -> bool:
     """True when a C-ECHO on 127.0.0.1:``port`` is answered with Success."""
-    echoscu = shutil.which("echoscu")
+    echoscu = system_which("echoscu")
     if echoscu is not None:
         try:
             cmd = [echoscu, "-aet", SCU_AET, "-aec", called_aet, "-to", str(max(int(timeout), 1))]
@@ -135,6 +153,18 @@ def c_echo(port: int, called_aet: str = "KI67NODE", timeout: float = ECHO_TIMEOU
         return bool(status) and status.Status == 0
     finally:
         assoc.release()
+
+
+def store_successes(output: str) -> set[str]:
+    """Files a storescu (DCMTK's or pynetdicom's) saw answered with Success, from its ``-v`` log."""
+    done: set[str] = set()
+    current = ""
+    for match in _STORE_LOG_RE.finditer(output):
+        if match.group("file"):
+            current = match.group("file")
+        elif match.group("status") == "Success" and current:
+            done.add(current)
+    return done
 
 
 def http_get(port: int, path: str, timeout: float = HTTP_TIMEOUT_SECONDS) -> tuple[int, bytes]:
@@ -364,6 +394,12 @@ def temp_files(data_dir: Path) -> list[Path]:
     if spool_tmp.is_dir():
         leftovers += [p for p in spool_tmp.iterdir() if p not in leftovers]
     return leftovers
+
+
+def published_files(data_dir: Path) -> list[Path]:
+    """Files published in the spool (``spool/<day>/*.dcm``), not temp, not quarantine."""
+    spool = Path(data_dir) / "spool"
+    return [p for p in spool.glob("*/*.dcm") if p.parent.name not in (".tmp", "quarantine")]
 
 
 def stored_instances(data_dir: Path) -> dict[str, tuple[str, str, str]]:

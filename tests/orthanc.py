@@ -34,6 +34,12 @@ Stable API for every test module (keep it backwards compatible):
   ``clear()``                       delete every stored instance
   ``get_json(path)``                any REST ``GET``, decoded
   ``log_tail(lines=40)``            the end of Orthanc's log (for failure messages)
+  ``upload(path)``                  store a Part 10 file by REST (``POST /instances``),
+                                    bytes as they are; returns its Orthanc ID
+  ``add_modality(name, aet, host,   register a C-STORE peer (``PUT /modalities/<name>``)
+  port)``
+  ``store_to(name, ids,             Orthanc as the C-STORE SCU: send resources to a
+  local_aet=None)``                 registered peer, synchronously; the job's answer
   ================================  ==================================================
 
 Orthanc listens for DICOM on all interfaces, but its HTTP API answers only
@@ -237,6 +243,32 @@ class Orthanc:
             json.dumps({"Level": "Instance", "Query": {}, "Expand": True}).encode(),
         )
         return sorted(item["MainDicomTags"]["SOPInstanceUID"] for item in found)
+
+    def upload(self, path: Path) -> str:
+        """Store a Part 10 file through the REST API, bytes as they are; its Orthanc ID."""
+        answer = self._request("POST", "/instances", Path(path).read_bytes())
+        return str(answer["ID"])
+
+    def add_modality(self, name: str, aet: str, host: str, port: int) -> None:
+        """Register (or update) a C-STORE peer under ``name`` (``PUT /modalities/<name>``)."""
+        peer = {"AET": aet, "Host": host, "Port": port}
+        self._request("PUT", f"/modalities/{name}", json.dumps(peer).encode())
+
+    def store_to(
+        self, name: str, resources: list[str], *, local_aet: str | None = None
+    ) -> dict[str, Any]:
+        """Orthanc as the C-STORE SCU: send ``resources`` (Orthanc IDs) to the peer ``name``.
+
+        Synchronous: returns when the job ended, with its answer (``InstancesCount``,
+        ``FailedInstancesCount``...). ``local_aet``: the calling AE title (default: :attr:`aet`).
+        """
+        body: dict[str, Any] = {"Resources": resources, "Synchronous": True}
+        if local_aet is not None:
+            body["LocalAet"] = local_aet
+        answer: dict[str, Any] = self._request(
+            "POST", f"/modalities/{name}/store", json.dumps(body).encode()
+        )
+        return answer
 
     def clear(self) -> None:
         """Delete every stored study (a fresh, empty PACS on the same ports)."""

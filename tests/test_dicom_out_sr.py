@@ -7,6 +7,7 @@ SEG, and not assessable. Contexts are built once per module.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import io
@@ -30,6 +31,7 @@ from dicom_out.context import (
     Predecessor,
     PriorComparison,
 )
+from dicom_out.sc import build_heatmap_scs
 from dicom_out.seg import build_seg, tracking_uid
 from dicom_out.sr import SYNTHETIC_NOTE, build_sr
 from tests.dicom_out_cases import VARIANTS, dciodvfy, make_context, variant_context
@@ -387,3 +389,27 @@ def test_follow_up_reports_growth_against_the_prior(follow_up: Case) -> None:
 def test_first_study_has_no_growth_items(with_characteristics: Case) -> None:
     assert _coded(with_characteristics, codes.GROWTH) is None
     assert _text(with_characteristics.sr, codes.PRIOR_STUDY) == []
+
+
+def _lossy_source(ctx: OutputContext) -> OutputContext:
+    """The same series as if it had been JPEG-compressed lossily before it reached us."""
+    source = copy.deepcopy(ctx.source)
+    for ds in source:
+        ds.LossyImageCompression = "01"
+    return dataclasses.replace(ctx, source=source)
+
+
+def test_lossy_source_is_stated_in_the_sr_and_flagged_on_the_heatmaps(
+    with_characteristics: Case, tmp_path: Path
+) -> None:
+    assert _text(with_characteristics.sr, codes.LOSSY_SOURCE) == []
+    ctx = _lossy_source(with_characteristics.ctx)
+    lossy = _case(ctx)
+    (line,) = _text(lossy.sr, codes.LOSSY_SOURCE)
+    assert line.startswith("Yes (Lossy Image Compression 01)") and "not validated" in line
+    assert dciodvfy(lossy.sr, tmp_path) == []
+    scs = build_heatmap_scs(ctx)
+    assert scs and {sc.LossyImageCompression for sc in scs} == {"01"}
+    assert {sc.LossyImageCompression for sc in build_heatmap_scs(with_characteristics.ctx)} == {
+        "00"
+    }

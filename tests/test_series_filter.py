@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import random
@@ -34,6 +35,7 @@ CHECK_NAMES = {
     "contrast",
     "slice_thickness",
     "slice_count",
+    "lossless",
 }
 
 
@@ -394,3 +396,37 @@ def test_study_has_exactly_one_qualifying_series() -> None:
     study = make_study("siemens", n_slices=N_SLICES)
     qualifying = [kind for kind, s in study.items() if decide(headers_of(s)).qualifies]
     assert qualifying == ["t1c_mprage"]
+
+
+@pytest.mark.parametrize(
+    ("lossy_flag", "syntax", "lossy"),
+    [
+        (None, "1.2.840.10008.1.2.4.50", "JPEG Baseline (Process 1) transfer syntax"),
+        ("01", "1.2.840.10008.1.2.1", "Lossy Image Compression 01"),  # lossy once, lossy always
+        ("00", "1.2.840.10008.1.2.4.91", None),  # JPEG 2000 used losslessly, and it says so
+        (None, "1.2.840.10008.1.2.4.90", None),  # JPEG 2000 lossless only
+    ],
+    ids=["jpeg-baseline", "flag-01", "j2k-flag-00", "j2k-lossless"],
+)
+def test_lossy_series_is_refused_unless_accepted(
+    lossy_flag: str | None, syntax: str, lossy: str | None
+) -> None:
+    headers = series_headers()
+    for h in headers:
+        h["TransferSyntaxUID"] = syntax
+        if lossy_flag is not None:
+            h["LossyImageCompression"] = lossy_flag
+    refused = decide(headers)
+    accepted = decide(headers, dataclasses.replace(CFG, accept_lossy=True))
+    assert accepted.qualifies, accepted.reason
+    if lossy is None:
+        assert refused.qualifies and "lossy" not in refused.reason
+        return
+    assert not refused.qualifies and refused.details["decided_by"] == "lossless"
+    assert refused.reason == f"lossy compressed ({lossy}; filter.accept_lossy is false)"
+    assert accepted.reason.endswith(f"lossy compressed ({lossy}; accepted)")
+
+
+def test_header_summary_records_the_transfer_syntax() -> None:
+    (header,) = headers_of(make_mr_series(n_slices=1))
+    assert header["TransferSyntaxUID"] == "1.2.840.10008.1.2.1"

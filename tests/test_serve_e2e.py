@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -33,7 +32,9 @@ from tests.daemon_process import (
     dataset_bytes,
     decisions,
     jobs,
+    published_files,
     query,
+    store_successes,
     stored_instances,
     temp_files,
 )
@@ -53,9 +54,6 @@ CODECS = {
     "rle": ("dcmcrle", "-xr"),
 }
 STUDY_CODECS = {T1C: "jpeg_ls", "flair_3d": "jpeg_lossless", "dwi": "rle"}
-_SUCCESS_RE = re.compile(
-    r"Sending file: (?P<file>\S+)|Received Store Response \((?P<status>[^)]*)\)"
-)
 
 
 # -- the study on disk and how it is sent ---------------------------------------------
@@ -120,18 +118,6 @@ def start_storescu(node: DaemonProcess, series: SentSeries) -> Sender:
     return Sender(proc, log_path, series.kind)
 
 
-def succeeded(output: str) -> set[str]:
-    """Files that storescu saw answered with Success (from its ``-v`` log)."""
-    done: set[str] = set()
-    current = ""
-    for match in _SUCCESS_RE.finditer(output):
-        if match.group("file"):
-            current = match.group("file")
-        elif match.group("status") == "Success" and current:
-            done.add(current)
-    return done
-
-
 def outbox_pending(node: DaemonProcess) -> int:
     rows = query(node.data_dir, "SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
     return int(rows[0][0])
@@ -144,7 +130,7 @@ def send(node: DaemonProcess, series: list[SentSeries]) -> set[str]:
     for sender in senders:
         code, output = sender.wait()
         assert code == 0, f"storescu {sender.kind} exited {code}:\n{output[-3000:]}"
-        ok |= succeeded(output)
+        ok |= store_successes(output)
     return ok
 
 
@@ -191,10 +177,9 @@ def assert_stored_byte_identical(node: DaemonProcess, files: list[Path]) -> None
 def assert_no_duplicates(node: DaemonProcess, n_sent: int) -> None:
     rows = query(node.data_dir, "SELECT count(*), count(DISTINCT sop_instance_uid) FROM instances")
     assert rows[0] == (n_sent, n_sent)
-    published = [
-        p for p in (node.data_dir / "spool").glob("*/*.dcm") if p.parent.name != "quarantine"
-    ]
-    assert len(published) == n_sent, "spool files without a row (or rows without a file)"
+    assert len(published_files(node.data_dir)) == n_sent, (
+        "spool files without a row (or rows without a file)"
+    )
     assert query(node.data_dir, "SELECT count(*) FROM quarantine") == [(0,)]
 
 
@@ -371,7 +356,7 @@ def test_kill_9_mid_study_then_resend_loses_nothing_and_decides_once(
     )
     node.kill()
     _, output = sender.wait()
-    first_run_ok = ok | succeeded(output)
+    first_run_ok = ok | store_successes(output)
     t1c_ok = {f for f in first_run_ok if "/t1c_mprage/" in f}
     assert 60 <= len(t1c_ok) < len(study.series[T1C].files), "the kill missed the send"
     assert_stored_byte_identical(node, [Path(f) for f in first_run_ok])
@@ -413,7 +398,7 @@ def test_sigterm_during_an_association_exits_0_and_keeps_every_success(
     assert sender.proc.poll() is None, "the association ended before SIGTERM"
     node.stop()  # asserts exit 0 within the unit's TimeoutStopSec
     _, output = sender.wait()
-    ok = succeeded(output)
+    ok = store_successes(output)
     assert len(ok) >= 40
     assert_stored_byte_identical(node, [Path(f) for f in ok])
     assert temp_files(node.data_dir) == []

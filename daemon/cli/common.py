@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from daemon.log_repeats import quiet_repeats
 from daemon.settings import Settings, default_config_path, load_settings
 
 
@@ -49,6 +50,7 @@ def setup_logging(level: str) -> None:
     # PDU summaries at INFO; keep it at WARNING unless we debug.
     if level.upper() != "DEBUG":
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    quiet_repeats("pydicom")
 
 
 def current_user() -> str:

@@ -9,6 +9,7 @@ temp file as its fragments arrive, so memory stays bounded by one PDU.
 from __future__ import annotations
 
 import logging
+import math
 import select
 import socket
 import time
@@ -75,6 +76,10 @@ class PeerGone(Exception):
     """The connection closed or timed out."""
 
 
+class PeerTooSlow(PeerGone):
+    """A PDU began but did not arrive in full within the timeout."""
+
+
 class NodeStopping(Exception):
     """The node is shutting down; the association ends between messages."""
 
@@ -109,6 +114,7 @@ class AcceptorAssociation:
         self.stored = 0
         self.stopping = False
         self._stop_grace = False  # the one message let in after the stop began
+        self._pdu_seconds = config.network_timeout  # the deadline of the PDU being read
 
     def _peer_began_message(self) -> bool:
         """Bytes of the peer's next message already wait on the socket (sent before we looked)."""
@@ -122,47 +128,68 @@ class AcceptorAssociation:
         return bool(readable)
 
     # -- socket I/O with deadlines -------------------------------------------
-    def _recv_exact(self, size: int, deadline: float, *, idle: bool = False) -> memoryview:
+    def _recv_exact(
+        self, size: int, deadline: float, *, begun: float | None = None, limit: float = math.inf
+    ) -> memoryview:
         """Read exactly ``size`` bytes before ``deadline``.
 
-        ``idle`` marks the wait between messages: there, a node that is
-        stopping ends the association instead of waiting for the peer.
+        ``begun`` marks the wait for the next PDU: until its first byte
+        arrives, the read polls every STOP_POLL_SECONDS so that a stopping
+        node can end the association between messages; once a byte has
+        arrived, the PDU has begun and the rest of it must arrive within
+        ``begun`` seconds (the network timeout) and before ``limit``, however
+        the bytes are split into TCP segments. The poll interval is never a
+        read deadline.
         """
         buf = bytearray(size)
         view = memoryview(buf)
         got = 0
         while got < size:
-            if idle and got == 0 and self.stopping and self._message is None:
+            waiting = begun is not None and got == 0
+            if waiting and self.stopping and self._message is None:
                 if self._stop_grace or not self._peer_began_message():
                     raise NodeStopping()
                 # The peer's next message reached us as the stop began: finish that one.
                 self._stop_grace = True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise PeerGone("read deadline passed")
-            self.sock.settimeout(min(remaining, STOP_POLL_SECONDS) if idle else remaining)
+                if waiting:
+                    raise PeerGone("no PDU within the timeout")
+                raise PeerTooSlow(f"a PDU was not complete within {self._pdu_seconds:g} s")
+            self.sock.settimeout(min(remaining, STOP_POLL_SECONDS) if waiting else remaining)
             try:
                 n = self.sock.recv_into(view[got:], size - got)
             except TimeoutError:
-                if idle and got == 0:
-                    continue
-                raise PeerGone("peer too slow") from None
+                continue  # the deadline check above decides
             except OSError as exc:
                 raise PeerGone(str(exc)) from None
             if n == 0:
                 raise PeerGone("connection closed by peer")
+            if waiting and begun is not None:
+                deadline = min(time.monotonic() + begun, limit)
             got += n
         return view
 
-    def _read_pdu(self, timeout: float, max_body: int) -> tuple[int, memoryview]:
-        deadline = time.monotonic() + timeout
-        pdu_type, length = unpack_header(bytes(self._recv_exact(6, deadline, idle=True)))
+    def _read_pdu(
+        self, wait: float, max_body: int, *, whole_deadline: float | None = None
+    ) -> tuple[int, memoryview]:
+        """The next PDU: it must begin within ``wait`` seconds; once begun, all
+        of it must arrive within the network timeout (or by ``whole_deadline``,
+        the ACSE deadline of the association request)."""
+        started = time.monotonic()
+        deadline = started + wait if whole_deadline is None else whole_deadline
+        pdu_seconds = (
+            self.config.network_timeout if whole_deadline is None else whole_deadline - started
+        )
+        self._pdu_seconds = pdu_seconds
+        header = self._recv_exact(6, deadline, begun=pdu_seconds, limit=whole_deadline or math.inf)
+        pdu_type, length = unpack_header(bytes(header))
         if pdu_type not in PDU_TYPES:
-            raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}")
+            raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}", AbortReason.UNRECOGNIZED_PDU)
         if length > max_body:
             raise ProtocolError(f"PDU of {length} bytes exceeds the limit of {max_body}")
-        # The body gets its own deadline: a PDU must arrive within the timeout.
-        body = self._recv_exact(length, time.monotonic() + self.config.network_timeout)
+        pdu_deadline = whole_deadline or (time.monotonic() + pdu_seconds)
+        body = self._recv_exact(length, pdu_deadline)
         return pdu_type, body
 
     def _send(self, data: bytes) -> None:
@@ -177,9 +204,13 @@ class AcceptorAssociation:
         """Serve until release/abort/timeout; return how it ended."""
         outcome = "closed"
         try:
-            pdu_type, body = self._read_pdu(self.config.acse_timeout, MAX_ASSOCIATE_RQ_BYTES)
+            # The ACSE timeout bounds the whole request, from the connection on.
+            acse_deadline = time.monotonic() + self.config.acse_timeout
+            pdu_type, body = self._read_pdu(
+                self.config.acse_timeout, MAX_ASSOCIATE_RQ_BYTES, whole_deadline=acse_deadline
+            )
             if pdu_type != PduType.ASSOCIATE_RQ:
-                raise ProtocolError("expected A-ASSOCIATE-RQ")
+                raise ProtocolError("expected A-ASSOCIATE-RQ", AbortReason.UNEXPECTED_PDU)
             rq = parse_associate_rq(bytes(body))
             if not self._negotiate(rq):
                 return "rejected"
@@ -187,8 +218,14 @@ class AcceptorAssociation:
         except ProtocolError as exc:
             log.warning("protocol error from %s: %s; aborting", self.peer, exc)
             metrics.REJECTIONS.labels(reason="protocol_error").inc()
-            self._try_send(encode_abort(reason=AbortReason.UNEXPECTED_PDU))
+            self._try_send(encode_abort(reason=exc.reason))
             outcome = "aborted"
+        except PeerTooSlow as exc:
+            # A PDU stopped arriving half-way: the network timeout passed.
+            log.warning("association with %s aborted: %s", self.peer, exc)
+            metrics.REJECTIONS.labels(reason="network_timeout").inc()
+            self._try_send(encode_abort())
+            outcome = "aborted (network timeout)"
         except PeerGone as exc:
             log.info("association with %s ended: %s", self.peer, exc)
             outcome = "dropped"
@@ -245,7 +282,10 @@ class AcceptorAssociation:
             elif pdu_type == PduType.ABORT:
                 return "aborted by peer"
             else:
-                raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X} in an association")
+                raise ProtocolError(
+                    f"unexpected PDU type 0x{pdu_type:02X} in an association",
+                    AbortReason.UNEXPECTED_PDU,
+                )
 
     # -- P-DATA ------------------------------------------------------------
     def _on_pdata(self, body: memoryview) -> None:

@@ -111,6 +111,7 @@ def acceptor_config(n: NodeSettings) -> AcceptorConfig:
         abstract_syntaxes=abstract_syntaxes(n.other_storage),
         transfer_syntaxes=decodable_transfer_syntaxes(),
         allowed_calling_aets=frozenset(n.allowed_calling_aets),
+        require_called_aet=n.require_called_aet,
         max_pdu=n.max_pdu_bytes,
         max_instance_bytes=n.max_instance_bytes,
         acse_timeout=n.acse_timeout_seconds,

@@ -5,6 +5,7 @@ with what, and the result of each proposed presentation context.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from daemon.dicom.ul_pdu import (
@@ -16,6 +17,7 @@ from daemon.dicom.ul_pdu import (
     RejectSource,
     UserRejectReason,
 )
+from dicom_out.lossy import is_lossy
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class AcceptorConfig:
     abstract_syntaxes: frozenset[str]
     transfer_syntaxes: frozenset[str]
     allowed_calling_aets: frozenset[str] = frozenset()
+    require_called_aet: bool = False
     max_pdu: int = 4_194_304
     max_instance_bytes: int = 536_870_912
     acse_timeout: float = 30.0
@@ -54,20 +57,37 @@ def association_reject(
             RejectSource.SERVICE_USER,
             UserRejectReason.CALLING_AE_NOT_RECOGNIZED,
         )
+    if config.require_called_aet and rq.called_ae != config.ae_title:
+        return (
+            RejectResult.PERMANENT,
+            RejectSource.SERVICE_USER,
+            UserRejectReason.CALLED_AE_NOT_RECOGNIZED,
+        )
     return None
 
 
-def context_results(rq: AssociateRequest, config: AcceptorConfig) -> list[tuple[int, int, str]]:
-    """(context id, result, chosen transfer syntax or "") for each proposed context.
+def choose_transfer_syntax(proposed: Sequence[str], supported: frozenset[str]) -> str:
+    """The transfer syntax to accept from one presentation context, or "".
 
-    The first proposed transfer syntax we support is chosen (the proposer's order).
+    The node's preference, not the proposer's: any lossless syntax
+    (uncompressed or lossless compressed) before any lossy one; among the
+    lossless ones the proposer's order (a sender lists its native encoding
+    first, so the instance arrives without being transcoded); a lossy
+    syntax only when it is all the sender offers.
     """
+    usable = [t for t in proposed if t in supported]
+    lossless = [t for t in usable if not is_lossy(t)]
+    return (lossless or usable or [""])[0]
+
+
+def context_results(rq: AssociateRequest, config: AcceptorConfig) -> list[tuple[int, int, str]]:
+    """(context id, result, chosen transfer syntax or "") for each proposed context."""
     results: list[tuple[int, int, str]] = []
     for pc in rq.contexts:
         if pc.abstract_syntax not in config.abstract_syntaxes:
             results.append((pc.context_id, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, ""))
             continue
-        chosen = next((t for t in pc.transfer_syntaxes if t in config.transfer_syntaxes), "")
+        chosen = choose_transfer_syntax(pc.transfer_syntaxes, config.transfer_syntaxes)
         if not chosen:
             results.append((pc.context_id, ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, ""))
             continue

@@ -116,7 +116,18 @@ _ITEM = struct.Struct(">BBH")
 
 
 class ProtocolError(Exception):
-    """The peer sent something that is not valid Upper Layer protocol."""
+    """The peer sent something that is not valid Upper Layer protocol.
+
+    ``reason`` is the A-ABORT reason to answer with (PS3.8 §9.3.8): an
+    unknown PDU type is 1, a known PDU in the wrong state 2, anything wrong
+    inside a PDU (lengths, items, fragments) 6.
+    """
+
+    def __init__(
+        self, message: str, reason: AbortReason = AbortReason.INVALID_PDU_PARAMETER
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -205,8 +216,9 @@ def _parse_context(value: memoryview) -> PresentationContextRQ:
             abstract = _uid(bytes(sub))
         elif sub_type == ItemType.TRANSFER_SYNTAX:
             transfers.append(_uid(bytes(sub)))
-    if context_id % 2 == 0 or not abstract or not transfers:
-        raise ProtocolError(f"invalid presentation context {context_id}")
+    # An even ID (PS3.8 §9.3.2.2 asks for odd ones), or a context without an
+    # abstract syntax or transfer syntaxes, is answered per context, not by
+    # aborting the association: DCMTK and Orthanc accept such requests too.
     return PresentationContextRQ(context_id, abstract, tuple(transfers))
 
 
@@ -244,10 +256,17 @@ def encode_associate_ac(
     implementation_class_uid: str,
     implementation_version: str,
 ) -> bytes:
-    """A-ASSOCIATE-AC answering ``rq``; ``results`` = (context id, result, transfer syntax)."""
+    """A-ASSOCIATE-AC answering ``rq``; ``results`` = (context id, result, transfer syntax).
+
+    Every presentation context item carries a transfer syntax sub-item
+    (PS3.8 §9.3.3.2): for a rejected context the value is not significant,
+    and it is the first one proposed, as DCMTK and pynetdicom send it.
+    """
     items = [_item(ItemType.APPLICATION_CONTEXT, _pad_uid(APPLICATION_CONTEXT))]
+    proposed = {pc.context_id: pc.transfer_syntaxes for pc in rq.contexts}
     for context_id, result, transfer in results:
-        sub = _item(ItemType.TRANSFER_SYNTAX, _pad_uid(transfer)) if transfer else b""
+        shown = transfer or next(iter(proposed.get(context_id, ())), "")
+        sub = _item(ItemType.TRANSFER_SYNTAX, _pad_uid(shown))
         items.append(
             _item(ItemType.PRESENTATION_CONTEXT_AC, bytes([context_id, 0, result, 0]) + sub)
         )

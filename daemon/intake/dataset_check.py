@@ -74,23 +74,27 @@ def _element_header(fh: BinaryIO, implicit: bool) -> tuple[int, bytes, int]:
 def _walk(
     fh: BinaryIO, end: int, implicit: bool, wanted: frozenset[int], out: dict[int, bytes]
 ) -> None:
-    # Stack of open undefined-length containers: "seq" (items until the
-    # sequence delimiter), "item" (elements until the item delimiter),
-    # "frags" (encapsulated pixel data fragments until the sequence delimiter).
-    stack: list[str] = []
+    # Stack of open undefined-length containers, each with the VR encoding of
+    # its content: "seq" (items until the sequence delimiter), "item"
+    # (elements until the item delimiter), "frags" (encapsulated pixel data
+    # fragments until the sequence delimiter). A UN element of undefined
+    # length is a sequence whose items are implicit VR little endian
+    # (PS3.5 §6.2.2, CP-246), whatever the transfer syntax says.
+    stack: list[tuple[str, bool]] = []
     while True:
         if fh.tell() == end:
             if stack:
                 raise Incomplete("data set ends inside an undefined-length sequence")
             return
-        context = stack[-1] if stack else "top"
-        tag, vr, length = _element_header(fh, implicit)
+        context, level_implicit = stack[-1] if stack else ("top", implicit)
+        tag, vr, length = _element_header(fh, level_implicit)
         if context in ("seq", "frags"):
             if tag == _SEQ_END:
                 stack.pop()
             elif tag == _ITEM and length == _UNDEFINED and context == "seq":
-                stack.append("item")
+                stack.append(("item", level_implicit))
             elif tag == _ITEM and length != _UNDEFINED:
+                # A defined-length item is skipped whole (its content is not walked).
                 _skip(fh, length, end)
             else:
                 raise Incomplete(f"unexpected tag {tag:08X} inside a sequence")
@@ -99,10 +103,12 @@ def _walk(
         elif tag >> 16 == 0xFFFE:
             raise Incomplete(f"misplaced delimiter {tag:08X}")
         elif length == _UNDEFINED:
-            if vr == b"SQ" or vr == b"UN" or implicit:
-                stack.append("seq")
+            if vr == b"UN":
+                stack.append(("seq", True))
+            elif vr == b"SQ" or level_implicit:
+                stack.append(("seq", level_implicit))
             elif tag == _PIXEL_DATA and vr in (b"OB", b"OW"):
-                stack.append("frags")
+                stack.append(("frags", level_implicit))
             else:
                 raise Incomplete(f"undefined length on a {vr.decode(errors='replace')} element")
         elif not stack and tag in wanted and length <= MAX_WANTED_VALUE:

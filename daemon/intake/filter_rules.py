@@ -15,6 +15,7 @@ from pydicom.uid import UID
 
 from daemon.intake.filter_values import as_number, as_text, cs_values, word_tokens
 from daemon.settings import FilterSettings
+from dicom_out.lossy import lossy_marker
 
 MR_STORAGE_CLASSES = frozenset(
     {
@@ -330,6 +331,22 @@ def check_thickness(s: SeriesView) -> Check:
     return passed(evidence)
 
 
+def check_lossless(s: SeriesView) -> Check:
+    reasons = sorted(
+        {
+            reason
+            for h in s.headers
+            if (reason := lossy_marker(h.get("LossyImageCompression"), h.get("TransferSyntaxUID")))
+        }
+    )
+    if not reasons:
+        return passed("no lossy compression recorded")
+    evidence = {"lossy": reasons, "accepted": s.cfg.accept_lossy}
+    if s.cfg.accept_lossy:
+        return passed(evidence)
+    return failed(evidence, f"lossy compressed ({reasons[0]}; filter.accept_lossy is false)")
+
+
 def check_slices(s: SeriesView) -> Check:
     count = s.geometry.get("distinct_positions")
     if not isinstance(count, int):
@@ -355,4 +372,5 @@ CHECKS: tuple[tuple[str, Callable[[SeriesView], Check]], ...] = (
     ("contrast", check_contrast),
     ("slice_thickness", check_thickness),
     ("slice_count", check_slices),
+    ("lossless", check_lossless),
 )

@@ -68,6 +68,7 @@ HEADER_KEYWORDS: tuple[str, ...] = (
     "BitsAllocated",
     "SamplesPerPixel",
     "FrameOfReferenceUID",
+    "LossyImageCompression",
 )
 _HEADER_TAGS: tuple[tuple[str, int, str], ...] = tuple(
     (kw, int(tag_for_keyword(kw) or 0), dictionary_VR(int(tag_for_keyword(kw) or 0)))
@@ -260,6 +261,10 @@ def extract_header(ds: Dataset) -> dict[str, Any]:
                 out[key] = value
     if _SHARED_GROUPS_TAG in elements or _PER_FRAME_GROUPS_TAG in elements:
         _enhanced(ds, out)
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax:
+        out["TransferSyntaxUID"] = str(syntax)[:64]
     return out
 
 

@@ -27,6 +27,7 @@ from daemon.dicom.dimse_status import Status
 from daemon.dicom.storage import StoreOutcome, valid_uid
 from daemon.errors import DatabaseError, InvalidInstanceError
 from daemon.intake.intake_header import IntakeHeader, read_intake_header
+from daemon.intake.same_content import same_content
 from daemon.intake.spool import Spool, SpoolTemp, sha256_file
 from daemon.ops import metrics
 
@@ -205,7 +206,11 @@ class IngestStore:
             with self._writing() as conn:
                 existing = conn.execute(
                     select(
-                        Instance.id, Instance.sha256, Instance.series_id, Instance.purged_at
+                        Instance.id,
+                        Instance.path,
+                        Instance.sha256,
+                        Instance.series_id,
+                        Instance.purged_at,
                     ).where(Instance.sop_instance_uid == sop_uid)
                 ).first()
             if existing is None:
@@ -236,6 +241,14 @@ class IngestStore:
             metrics.DUPLICATES.labels(kind="identical").inc()
             log.info("instance %s received again (identical), kept once", sop_uid)
             return StoreOutcome(Status.SUCCESS, series_id=existing.series_id, duplicate=True)
+        if existing.purged_at is None and same_content(
+            self.spool.path_of(existing.path), self.spool.path_of(relpath)
+        ):
+            # Another sender, transfer syntax or sequence encoding; the same data set.
+            self.spool.delete(relpath)
+            metrics.DUPLICATES.labels(kind="same_content").inc()
+            log.info("instance %s received again (same data set), kept once", sop_uid)
+            return StoreOutcome(Status.SUCCESS, series_id=existing.series_id, duplicate=True)
         quarantined = self.spool.quarantine(relpath)
         with self._writing() as conn:
             conn.execute(
@@ -244,7 +257,7 @@ class IngestStore:
                     path=quarantined,
                     sha256=sha256,
                     size_bytes=size,
-                    reason="same SOP Instance UID as a stored instance, different bytes",
+                    reason="same SOP Instance UID as a stored instance, different data set",
                     calling_aet=aet[:16],
                     received_at=utcnow(),
                 )
@@ -252,13 +265,13 @@ class IngestStore:
             audit(
                 conn,
                 AuditKind.INSTANCE_QUARANTINED,
-                "second copy with different bytes quarantined; first copy kept",
+                "second copy with a different data set quarantined; first copy kept",
                 level=AuditLevel.WARNING,
                 sop_instance_uid=sop_uid,
                 calling_aet=aet[:16],
             )
         metrics.DUPLICATES.labels(kind="conflicting").inc()
-        log.warning("instance %s received with different bytes: quarantined", sop_uid)
+        log.warning("instance %s received with a different data set: quarantined", sop_uid)
         return StoreOutcome(Status.SUCCESS, series_id=existing.series_id, duplicate=True)
 
     @staticmethod

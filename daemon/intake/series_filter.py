@@ -17,7 +17,9 @@ all instances of one series, not from the SeriesDescription alone (DESIGN §4):
    configured keyword as a whole token of SeriesDescription/ProtocolName
    ("+C", "KM", "Gd"...); a description that says pre-contrast ("pre",
    "nativ", "ohne KM") overrides an exam-wide agent entry;
-8. slice thickness and spacing ≤ the limit; enough slices or frames.
+8. slice thickness and spacing ≤ the limit; enough slices or frames;
+9. not lossy compressed (Lossy Image Compression 01, or a lossy transfer
+   syntax), unless ``filter.accept_lossy``.
 
 Every check records its evidence in ``details`` (JSON-safe, stored with the
 decision); ``reason`` names the first rule that failed.
@@ -68,4 +70,7 @@ def decide_series(headers: Sequence[Mapping[str, Any]], cfg: FilterSettings) -> 
         f"T1C MP-RAGE: 3D inversion-prepared gradient echo, contrast ({source or 'not required'}), "
         f"{checks['slice_count'].evidence} slices of {thickness:g} mm"
     )
+    lossy = checks["lossless"].evidence
+    if isinstance(lossy, dict):
+        reason += f", lossy compressed ({lossy['lossy'][0]}; accepted)"
     return FilterVerdict(True, reason[:REASON_MAX], details)

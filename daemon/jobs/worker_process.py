@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from daemon.destinations import Destination
 from daemon.errors import JobError
 from daemon.jobs.queue import ClaimedJob, JobLostError, JobQueue
+from daemon.log_repeats import quiet_repeats
 from daemon.settings import FollowupSettings, PipelineSettings
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def worker_main(spec: WorkerSpec, shared_job_id: Any, shared_started: Any) -> No
         level=getattr(logging, spec.log_level.upper(), logging.INFO),
         format=f"%(asctime)s %(levelname)s worker[{spec.worker_id}] %(name)s: %(message)s",
     )
+    quiet_repeats("pydicom")
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

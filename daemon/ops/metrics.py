@@ -159,7 +159,7 @@ def _report_metrics(report: Mapping[str, Any]) -> Iterator[Metric]:
     )
     yield _gauge(
         "ki67node_quarantined_instances",
-        "second copies of known SOP Instance UIDs with different bytes, kept aside",
+        "second copies of known SOP Instance UIDs with a different data set, kept aside",
         [],
         [(storage["quarantined"],)],
     )
