@@ -44,8 +44,10 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --scripts-are-modules bench/model_device
 	$(BIN)/mypy --scripts-are-modules bench/segmentation
 
+# All tests, one process per CPU (each test file on one worker: the e2e modules keep
+# their module-scoped daemons and Orthanc). PYTEST_WORKERS=0 runs them serially.
 test: lint typecheck
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The fast lane: lint, types and the tests not marked slow (CI runs `make test`, all of them).
 check: lint typecheck

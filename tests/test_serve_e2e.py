@@ -46,7 +46,7 @@ CANARY_NAME = "CANARY^PHI"
 CANARY_ID = "PHI-CANARY-123"
 T1C = "t1c_mprage"
 SEND_TIMEOUT_SECONDS = 120.0
-SETTLE_TIMEOUT_SECONDS = 60.0
+SETTLE_TIMEOUT_SECONDS = 180.0  # a full pipeline run while CI runs other tests beside it
 # codec per series kind: (DCMTK compressor, storescu option proposing its transfer syntax)
 CODECS = {
     "jpeg_ls": ("dcmcjpls", "-xt"),
