@@ -222,3 +222,14 @@ def test_analyse_and_report_from_arrays(tmp_path: Path) -> None:
     for name in ("km_risk_groups.png", "km_skull_base.png", "decision_curve_3y.png"):
         assert (tmp_path / "out" / name).stat().st_size > 10_000
     assert "synthetic" not in footer_text(False)
+
+
+def test_time_dependent_auc_with_an_event_at_the_last_censoring_time() -> None:
+    # the last follow-up (6 y) has a growth and a censoring: the censoring survival is zero
+    # there, which scikit-survival refuses as a weight even though the AUC at 3 y never uses it
+    time = np.array([1.0, 1.5, 2.0, 2.5, 4.0, 5.0, 6.0, 6.0, 0.8, 0.9])
+    event = np.array([1, 1, 1, 1, 0, 0, 1, 0, 0, 0])
+    score = np.array([0.9, 0.8, 0.95, 0.7, 0.1, 0.2, 0.3, 0.15, 0.99, 0.01])
+    (a3,) = sv.time_dependent_auc(time, event, score, [3.0], n_boot=50)
+    assert a3.reason == "", a3.reason
+    assert a3.auc == pytest.approx(1.0) and (a3.cases, a3.controls) == (4, 4)

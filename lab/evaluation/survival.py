@@ -279,7 +279,9 @@ def time_dependent_auc(
         test = _structured(t, e)
         try:
             auc = float(
-                cumulative_dynamic_auc(ref if ref is not None else test, test, s, [y])[0][0]
+                cumulative_dynamic_auc(ref if ref is not None else test, _cut(t, e, y), s, [y])[0][
+                    0
+                ]
             )
         except ValueError as exc:
             out.append(TimeAUC(y, None, None, None, cases, controls, str(exc)))
@@ -292,7 +294,9 @@ def time_dependent_auc(
             bt = _structured(t[i], e[i])
             try:
                 boots.append(
-                    cumulative_dynamic_auc(ref if ref is not None else bt, bt, s[i], [y])[0][0]
+                    cumulative_dynamic_auc(
+                        ref if ref is not None else bt, _cut(t[i], e[i], y), s[i], [y]
+                    )[0][0]
                 )
             except ValueError:
                 continue
@@ -303,6 +307,20 @@ def time_dependent_auc(
         )
         out.append(TimeAUC(y, auc, low, high, cases, controls))
     return out
+
+
+def _cut(t: np.ndarray, e: np.ndarray, years: float) -> Any:
+    """The scored patients with follow-up after ``years`` censored just after it.
+
+    The cumulative/dynamic AUC at ``years`` is unchanged (a control is anyone
+    still free of growth at ``years``), but no censoring weight is asked for
+    at a later event time: after the last censoring the censoring survival
+    is zero there, and scikit-survival refuses the whole AUC for it. The
+    censoring distribution itself is still estimated from the whole
+    follow-up.
+    """
+    later = t > years
+    return _structured(np.where(later, np.nextafter(years, np.inf), t), e & ~later)
 
 
 @dataclass(frozen=True)
