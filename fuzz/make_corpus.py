@@ -59,6 +59,7 @@ from tests.listener_harness import (
     scu_echo,
     scu_store,
     start_node,
+    un_undefined_sequence,
 )
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -172,25 +173,12 @@ def _nested_too_deep(ds: Dataset) -> Dataset:
     return ds
 
 
-def _un_sequence() -> bytes:
-    """Explicit VR LE bytes of a private creator and a private sequence stored as UN
-    with undefined length, its item's elements in implicit VR (PS3.5 §6.2.2, CP-246)."""
-    creator = b"ACME 1.0"
-    inner = struct.pack("<HHL", 0x0009, 0x0010, len(creator)) + creator
-    inner += struct.pack("<HHL", 0x0009, 0x1002, 4) + b"ABCD"
-    item = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + inner
-    item += struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
-    element = struct.pack("<HH2sHL", 0x0009, 0x1001, b"UN", 0, 0xFFFFFFFF) + item
-    element += struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
-    return struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", len(creator)) + creator + element
-
-
 def _insert_un_sequence(path: Path) -> Path:
-    """Put :func:`_un_sequence` into an explicit VR file, before group 0010 (tags ascending)."""
+    """Put :func:`tests.listener_harness.un_undefined_sequence` into an explicit VR file, before group 0010 (tags ascending)."""
     data = path.read_bytes()
     start = len(data) - len(dataset_part(data))
     cut = data.index(struct.pack("<HH", 0x0010, 0x0010), start)
-    path.write_bytes(data[:cut] + _un_sequence() + data[cut:])
+    path.write_bytes(data[:cut] + un_undefined_sequence() + data[cut:])
     return path
 
 

@@ -169,6 +169,19 @@ def echo_rq(message_id: int) -> bytes:
     )
 
 
+def un_undefined_sequence() -> bytes:
+    """Explicit VR LE bytes of (0009,0010) LO creator + (0009,1001) UN, undefined length,
+    one item whose elements are implicit VR LE (PS3.5 §6.2.2)."""
+    creator = b"ACME 1.0"
+    inner = struct.pack("<HHL", 0x0009, 0x0010, len(creator)) + creator
+    inner += struct.pack("<HHL", 0x0009, 0x1002, 4) + b"ABCD"
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + inner
+    item += struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+    element = struct.pack("<HH2sHL", 0x0009, 0x1001, b"UN", 0, 0xFFFFFFFF) + item
+    element += struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    return struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", len(creator)) + creator + element
+
+
 def parse_command(data: bytes) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     pos = 0

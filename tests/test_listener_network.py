@@ -53,6 +53,7 @@ from tests.listener_harness import (  # noqa: F401 - fixtures
     pdu,
     scu_store,
     store_rq,
+    un_undefined_sequence,
 )
 from tests.tcp_proxy import SplittingProxy
 
@@ -244,25 +245,12 @@ def test_storescu_offering_jpeg_baseline_and_uncompressed_stores_uncompressed(
 
 
 # -- 4. CP-246: a private sequence as UN with undefined length -----------------------------
-def _un_undefined_sequence() -> bytes:
-    """Explicit VR LE bytes of (0009,0010) LO creator + (0009,1001) UN, undefined length,
-    one item whose elements are implicit VR LE (PS3.5 §6.2.2)."""
-    creator = b"ACME 1.0"
-    inner = struct.pack("<HHL", 0x0009, 0x0010, len(creator)) + creator
-    inner += struct.pack("<HHL", 0x0009, 0x1002, 4) + b"ABCD"
-    item = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + inner
-    item += struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
-    element = struct.pack("<HH2sHL", 0x0009, 0x1001, b"UN", 0, 0xFFFFFFFF) + item
-    element += struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
-    return struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", len(creator)) + creator + element
-
-
 def test_un_sequence_of_undefined_length_is_stored(node: NodeUnderTest) -> None:
     ds = mr_instance()
     data = encode_dataset(ds)
     # insert the private group after the last element of group 0008 (tags stay ascending)
     cut = data.index(struct.pack("<HH", 0x0010, 0x0010))
-    data = data[:cut] + _un_undefined_sequence() + data[cut:]
+    data = data[:cut] + un_undefined_sequence() + data[cut:]
     with RawClient(node.port) as client:
         assert client.associate().established
         assert client.c_store(data, MR_STORAGE, ds.SOPInstanceUID) == SUCCESS

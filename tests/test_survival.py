@@ -14,6 +14,7 @@ from lifelines.statistics import logrank_test
 
 from ai_core.errors import EvaluationError
 from lab.evaluation import survival as sv
+from lab.evaluation.decision_curve import decision_curve
 from lab.evaluation.growth_report import write_growth_report
 from lab.evaluation.survival_plots import footer_text
 from lab.evaluation.survival_report import (
@@ -124,12 +125,12 @@ def test_time_dependent_auc_is_half_for_noise() -> None:
 
 def test_decision_curve_treat_all_and_none() -> None:
     time, event, high = _cohort()
-    dc = sv.decision_curve(time, event, {"group": high.astype(float)}, 3.0, [0.0, 0.1, 0.2])
+    dc = decision_curve(time, event, {"group": high.astype(float)}, 3.0, [0.0, 0.1, 0.2])
     assert dc.net_benefit["treat none"] == [0.0, 0.0, 0.0]
     inc = sv.kaplan_meier(time, event).incidence(3.0)
     assert dc.net_benefit["treat all"][0] == pytest.approx(inc, abs=1e-6)
     with pytest.raises(EvaluationError, match="probabilities"):
-        sv.decision_curve(time, event, {"bad": high * 2.0}, 3.0)
+        decision_curve(time, event, {"bad": high * 2.0}, 3.0)
 
 
 def _write_manifest(tmp_path: Path, rows: list[str]) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import select
 import socket
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,13 @@ from daemon.dicom.file_meta import (
     safe_ae,
 )
 from daemon.dicom.negotiation import AcceptorConfig, association_reject, context_results
+from daemon.dicom.pdu_io import (
+    NodeStopping,
+    PeerGone,
+    PeerTooSlow,
+    peer_began_message,
+    recv_exact,
+)
 from daemon.dicom.storage import (
     InstanceStore,
     ReceivingFile,
@@ -69,19 +75,6 @@ log = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"
 MAX_ASSOCIATE_RQ_BYTES = 1_048_576
-STOP_POLL_SECONDS = 0.25  # how often an idle association checks for a stop
-
-
-class PeerGone(Exception):
-    """The connection closed or timed out."""
-
-
-class PeerTooSlow(PeerGone):
-    """A PDU began but did not arrive in full within the timeout."""
-
-
-class NodeStopping(Exception):
-    """The node is shutting down; the association ends between messages."""
 
 
 @dataclass
@@ -114,62 +107,16 @@ class AcceptorAssociation:
         self.stored = 0
         self.stopping = False
         self._stop_grace = False  # the one message let in after the stop began
-        self._pdu_seconds = config.network_timeout  # the deadline of the PDU being read
 
-    def _peer_began_message(self) -> bool:
-        """Bytes of the peer's next message already wait on the socket (sent before we looked)."""
-        pending = getattr(self.sock, "pending", None)  # TLS: bytes decrypted already
-        if callable(pending) and pending() > 0:
-            return True
-        try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return bool(readable)
+    def _while_idle(self) -> None:
+        """Between messages: a stopping node ends the association here."""
+        if self.stopping and self._message is None:
+            if self._stop_grace or not peer_began_message(self.sock):
+                raise NodeStopping()
+            # The peer's next message reached us as the stop began: finish that one.
+            self._stop_grace = True
 
-    # -- socket I/O with deadlines -------------------------------------------
-    def _recv_exact(
-        self, size: int, deadline: float, *, begun: float | None = None, limit: float = math.inf
-    ) -> memoryview:
-        """Read exactly ``size`` bytes before ``deadline``.
-
-        ``begun`` marks the wait for the next PDU: until its first byte
-        arrives, the read polls every STOP_POLL_SECONDS so that a stopping
-        node can end the association between messages; once a byte has
-        arrived, the PDU has begun and the rest of it must arrive within
-        ``begun`` seconds (the network timeout) and before ``limit``, however
-        the bytes are split into TCP segments. The poll interval is never a
-        read deadline.
-        """
-        buf = bytearray(size)
-        view = memoryview(buf)
-        got = 0
-        while got < size:
-            waiting = begun is not None and got == 0
-            if waiting and self.stopping and self._message is None:
-                if self._stop_grace or not self._peer_began_message():
-                    raise NodeStopping()
-                # The peer's next message reached us as the stop began: finish that one.
-                self._stop_grace = True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if waiting:
-                    raise PeerGone("no PDU within the timeout")
-                raise PeerTooSlow(f"a PDU was not complete within {self._pdu_seconds:g} s")
-            self.sock.settimeout(min(remaining, STOP_POLL_SECONDS) if waiting else remaining)
-            try:
-                n = self.sock.recv_into(view[got:], size - got)
-            except TimeoutError:
-                continue  # the deadline check above decides
-            except OSError as exc:
-                raise PeerGone(str(exc)) from None
-            if n == 0:
-                raise PeerGone("connection closed by peer")
-            if waiting and begun is not None:
-                deadline = min(time.monotonic() + begun, limit)
-            got += n
-        return view
-
+    # -- socket I/O with deadlines (daemon.dicom.pdu_io) ------------------------
     def _read_pdu(
         self, wait: float, max_body: int, *, whole_deadline: float | None = None
     ) -> tuple[int, memoryview]:
@@ -181,15 +128,21 @@ class AcceptorAssociation:
         pdu_seconds = (
             self.config.network_timeout if whole_deadline is None else whole_deadline - started
         )
-        self._pdu_seconds = pdu_seconds
-        header = self._recv_exact(6, deadline, begun=pdu_seconds, limit=whole_deadline or math.inf)
+        header = recv_exact(
+            self.sock,
+            6,
+            deadline,
+            begun=pdu_seconds,
+            limit=whole_deadline or math.inf,
+            while_idle=self._while_idle,
+        )
         pdu_type, length = unpack_header(bytes(header))
         if pdu_type not in PDU_TYPES:
             raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}", AbortReason.UNRECOGNIZED_PDU)
         if length > max_body:
             raise ProtocolError(f"PDU of {length} bytes exceeds the limit of {max_body}")
         pdu_deadline = whole_deadline or (time.monotonic() + pdu_seconds)
-        body = self._recv_exact(length, pdu_deadline)
+        body = recv_exact(self.sock, length, pdu_deadline)
         return pdu_type, body
 
     def _send(self, data: bytes) -> None:

@@ -28,9 +28,9 @@ from daemon.dicom.association import (
     MAX_ASSOCIATE_RQ_BYTES,
     VERIFICATION,
     AcceptorAssociation,
-    PeerGone,
 )
 from daemon.dicom.negotiation import AcceptorConfig
+from daemon.dicom.pdu_io import PeerGone
 from daemon.dicom.storage import InstanceStore
 from daemon.dicom.ul_pdu import (
     PduType,

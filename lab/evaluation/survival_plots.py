@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lab.evaluation.decision_curve import DecisionCurve
 from lab.evaluation.plots import DPI, _save
-from lab.evaluation.survival import DecisionCurve, KMCurve
+from lab.evaluation.survival import KMCurve
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -26,6 +26,7 @@ import numpy as np
 
 from ai_core.errors import AiCoreError, EvaluationError
 from lab.evaluation import survival as sv
+from lab.evaluation.decision_curve import decision_curve
 from lab.evaluation.metrics import delong_ci, roc_auc
 from lab.evaluation.survival_plots import KM_TICKS
 from lab.model.cases import ManifestCase
@@ -253,5 +254,5 @@ def analyse(
             "cannot calibrate the model probability to %g-year risk: %s", decision_years, exc
         )
     risks["model risk group (treat high)"] = c.high.astype(float)
-    res["decision_curve"] = sv.decision_curve(c.time, c.event, risks, decision_years)
+    res["decision_curve"] = decision_curve(c.time, c.event, risks, decision_years)
     return res
