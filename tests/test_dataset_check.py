@@ -54,9 +54,11 @@ def test_truncated_files_fail(tmp_path: Path, cut: int) -> None:
     path = _write(make_mr_series(n_slices=1)[0], tmp_path / "a.dcm", ExplicitVRLittleEndian)
     data = path.read_bytes()
     path.write_bytes(data[:-cut])
-    assert "past the end" in (check_complete(path, ExplicitVRLittleEndian) or "") or (
-        "header" in (check_complete(path, ExplicitVRLittleEndian) or "")
-    )
+    problem = check_complete(path, ExplicitVRLittleEndian) or ""
+    if len(data) - cut < 132:  # not even the preamble and DICM left
+        assert problem == "no DICM prefix"
+    else:
+        assert "past the end" in problem or "header" in problem, problem
 
 
 def test_too_deep_nesting_fails(tmp_path: Path) -> None:
@@ -67,4 +69,11 @@ def test_too_deep_nesting_fails(tmp_path: Path) -> None:
 def test_not_part10(tmp_path: Path) -> None:
     path = tmp_path / "x.dcm"
     path.write_bytes(b"\x00" * 200)
+    assert check_complete(path, ExplicitVRLittleEndian) == "no DICM prefix"
+
+
+@pytest.mark.parametrize("size", [0, 10, 131])
+def test_file_shorter_than_the_preamble_is_not_part10(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "short.dcm"
+    path.write_bytes(b"\x00" * size)
     assert check_complete(path, ExplicitVRLittleEndian) == "no DICM prefix"

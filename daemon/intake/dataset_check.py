@@ -130,7 +130,7 @@ def scan_file(
         end = fh.seek(0, 2)
         try:
             fh.seek(128)
-            if _read(fh, 4) != b"DICM":
+            if end < 132 or _read(fh, 4) != b"DICM":
                 return ScanResult("no DICM prefix")
             tag, vr, length = _element_header(fh, implicit=False)
             if tag != 0x00020000 or vr != b"UL" or length != 4:
