@@ -52,3 +52,8 @@ class JobError(NodeError):
 
 class SendError(NodeError):
     """A result could not be delivered to a destination."""
+
+
+class SourceError(NodeError):
+    """An archive (``[[sources]]``) did not answer, refused, or a retrieval was incomplete
+    (nothing of an incomplete retrieval is left behind)."""

@@ -5,7 +5,7 @@ reported with its key (``ki67node check-config``). Unknown keys are errors, not
 silently ignored, so a typo never falls back to a default; a retired key is
 still accepted, with a warning that says to remove it. Tables and variables are
 read by :mod:`daemon.settings_parse`, ``[[destinations]]`` by
-:mod:`daemon.destinations`; the sections and their checks live here.
+:mod:`daemon.destinations`, ``[[sources]]`` by :mod:`daemon.sources.config`; the sections and their checks live here.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.destinations import Destination, parse_destinations, valid_ae_title
+from daemon.destinations import Destination, parse_destinations
 from daemon.errors import ConfigError
+from daemon.peers import valid_ae_title
 from daemon.settings_parse import apply_env, parse_section
+from daemon.sources.config import SourceConfig, parse_sources
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,17 @@ class FollowupSettings:
 
 
 @dataclass(frozen=True)
+class PriorsSettings:
+    """Fetching a patient's earlier studies from a ``[[sources]]`` archive (issue 20)."""
+
+    enabled: bool = False
+    source: str = ""  # a [[sources]] name; required when enabled
+    lookback_years: int = 10
+    max_studies: int = 3
+    send_results: bool = False  # outputs for retrieved priors go to the destinations only when true
+
+
+@dataclass(frozen=True)
 class SchedulerSettings:
     """The persisted periodic jobs (APScheduler): follow-up flagging and spool retention."""
 
@@ -164,6 +177,8 @@ class Settings:
     filter: FilterSettings = field(default_factory=FilterSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     destinations: tuple[Destination, ...] = ()
+    sources: tuple[SourceConfig, ...] = ()
+    priors: PriorsSettings = field(default_factory=PriorsSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     followup: FollowupSettings = field(default_factory=FollowupSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
@@ -204,6 +219,7 @@ _SECTIONS: dict[str, type] = {
     "pipeline": PipelineSettings,
     "delivery": DeliverySettings,
     "followup": FollowupSettings,
+    "priors": PriorsSettings,
     "scheduler": SchedulerSettings,
     "retention": RetentionSettings,
     "http": HttpSettings,
@@ -247,7 +263,7 @@ def load_settings(
 
 
 def _build(raw: dict[str, Any], problems: list[tuple[str, str]], base_dir: Path) -> Settings | None:
-    known = set(_SECTIONS) | {"destinations"}
+    known = set(_SECTIONS) | {"destinations", "sources"}
     for key in raw:
         if key not in known:
             problems.append((key, f"unknown section (known: {', '.join(sorted(known))})"))
@@ -258,7 +274,8 @@ def _build(raw: dict[str, Any], problems: list[tuple[str, str]], base_dir: Path)
     if not node.data_dir.is_absolute():
         parts["node"] = node = dataclasses.replace(node, data_dir=base_dir / node.data_dir)
     destinations = parse_destinations(raw.get("destinations", []), problems)
-    settings = Settings(destinations=destinations, **parts)
+    sources = parse_sources(raw.get("sources", []), problems)
+    settings = Settings(destinations=destinations, sources=sources, **parts)
     _validate(settings, problems)
     return settings
 
@@ -344,6 +361,7 @@ def _validate(s: Settings, problems: list[tuple[str, str]]) -> None:
             ("pipeline.segmentation_model_dir", f"folder {p.segmentation_model_dir} does not exist")
         )
     _validate_delivery(s.delivery, problems)
+    _validate_priors(s.priors, s.sources, problems)
     _validate_ranges(s, problems)
     _check_bind("http.bind", s.http.bind, problems)
     _check_port("http.port", s.http.port, problems)
@@ -369,6 +387,19 @@ def _validate_delivery(d: DeliverySettings, problems: list[tuple[str, str]]) -> 
             problems.append((f"delivery.{key}", "must be > 0 and <= 3600"))
 
 
+def _validate_priors(
+    p: PriorsSettings, sources: tuple[SourceConfig, ...], problems: list[tuple[str, str]]
+) -> None:
+    names = [src.name for src in sources]
+    if p.enabled and not p.source:
+        problems.append(
+            ("priors.source", "required when priors.enabled = true (a [[sources]] name)")
+        )
+    elif p.source and p.source not in names:
+        known = ", ".join(names) if names else "none is configured"
+        problems.append(("priors.source", f"no [[sources]] entry named {p.source!r} ({known})"))
+
+
 # (section, key, lowest, highest): numeric keys checked against an inclusive range.
 _RANGES = (
     ("followup", "max_diameter_mm", 0.1, 200),
@@ -376,6 +407,8 @@ _RANGES = (
     ("followup", "interval_months_high", 1, 120),
     ("followup", "interval_months_low", 1, 120),
     ("followup", "overdue_grace_days", 0, 3650),
+    ("priors", "lookback_years", 1, 100),
+    ("priors", "max_studies", 1, 100),
     ("scheduler", "followup_check_minutes", 1, 10080),
     ("scheduler", "retention_check_hours", 1, 720),
     ("retention", "spool_days", 0, 36500),

@@ -257,12 +257,17 @@ def test_no_import_circle_anywhere() -> None:
 # (names under daemon.). dicom/ and intake/ may use ops.metrics (the process
 # counters) and nothing else of ops/; only serve and the CLI see every stage.
 _NOT_OPS = "ops.status ops.http ops.notify"
+# sources/ (the archive clients) may use the header keywords and the named DIMSE
+# statuses, nothing else of intake/ or dicom/, and nothing later.
+_NOT_SOURCES = "intake.ingest intake.spool intake.series_filter intake.decisions intake.reanalysis"
 STAGE_RULES = {
-    "db": "dicom intake jobs delivery followup ops cli serve",
-    "dicom": f"db intake jobs delivery followup {_NOT_OPS} cli serve",
+    "db": "dicom intake sources jobs delivery followup ops cli serve",
+    "dicom": f"db intake sources jobs delivery followup {_NOT_OPS} cli serve",
+    "sources": f"db dicom.listener dicom.association dicom.storage {_NOT_SOURCES} "
+    "jobs delivery followup ops cli serve",
     "intake": f"jobs delivery followup {_NOT_OPS} cli serve",
     "jobs": "dicom.listener dicom.association ops cli serve",
-    "delivery": "dicom intake jobs followup ops cli serve",
+    "delivery": "dicom intake sources jobs followup ops cli serve",
     "followup": "dicom jobs delivery ops cli serve",
     "ops": "dicom intake jobs delivery cli serve",
 }
@@ -296,6 +301,7 @@ COMPOSITION_ROOTS = (
     "daemon.serve",
     "daemon.cli.app",
     "daemon.cli.common",
+    "daemon.cli.echo",
     "daemon.cli.followups",
     "daemon.cli.results",
 )

@@ -16,6 +16,7 @@ from ai_core.disclaimer import DISCLAIMER
 from ai_core.errors import AiCoreError
 from daemon import __version__
 from daemon.cli.common import load_config, setup_logging
+from daemon.cli.echo import add_echo_command
 from daemon.cli.followups import add_followup_commands
 from daemon.cli.growth import add_growth_commands
 from daemon.cli.model import add_model_commands
@@ -42,6 +43,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"configuration OK (data_dir={settings.data_dir}, database={safe_url(settings.database_url)})"
     )
     print(f"destinations: {_describe_destinations(settings)}")
+    print(f"sources: {_describe_sources(settings)}")
     return 0
 
 
@@ -54,6 +56,18 @@ def _describe_destinations(settings: Settings) -> str:
         "dicomweb": lambda d: f"STOW-RS to {d.url}",
     }
     return "; ".join(f"{d.name} ({where[d.type](d)})" for d in settings.destinations)
+
+
+def _describe_sources(settings: Settings) -> str:
+    if not settings.sources:
+        return "none"
+    where = {
+        "dicom": lambda s: f"C-FIND + C-{s.retrieve.upper()} at {s.ae_title}@{s.host}:{s.port}",
+        "dicomweb": lambda s: f"QIDO-RS/WADO-RS at {s.url}",
+    }
+    text = "; ".join(f"{s.name} ({where[s.type](s)})" for s in settings.sources)
+    priors = settings.priors
+    return text + (f"; priors from {priors.source}" if priors.enabled else "; priors off")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -93,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("check-config", cmd_check_config, "validate the configuration and print every problem")
     p = add("status", cmd_status, "counts of series and jobs by state, outbox backlog, last errors")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_echo_command(sub)
     add_synth_command(sub)
     add_model_commands(sub)
     add_result_commands(sub)
