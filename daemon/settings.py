@@ -24,7 +24,7 @@ from daemon.destinations import Destination, parse_destinations
 from daemon.errors import ConfigError
 from daemon.peers import valid_ae_title
 from daemon.settings_parse import apply_env, parse_section
-from daemon.sources.config import SourceConfig, parse_sources
+from daemon.sources.config import PriorsSettings, SourceConfig, parse_sources, validate_priors
 
 
 @dataclass(frozen=True)
@@ -117,17 +117,6 @@ class FollowupSettings:
     interval_months_high: int = 6
     interval_months_low: int = 12
     overdue_grace_days: int = 30
-
-
-@dataclass(frozen=True)
-class PriorsSettings:
-    """Fetching a patient's earlier studies from a ``[[sources]]`` archive (issue 20)."""
-
-    enabled: bool = False
-    source: str = ""  # a [[sources]] name; required when enabled
-    lookback_years: int = 10
-    max_studies: int = 3
-    send_results: bool = False  # outputs for retrieved priors go to the destinations only when true
 
 
 @dataclass(frozen=True)
@@ -361,7 +350,7 @@ def _validate(s: Settings, problems: list[tuple[str, str]]) -> None:
             ("pipeline.segmentation_model_dir", f"folder {p.segmentation_model_dir} does not exist")
         )
     _validate_delivery(s.delivery, problems)
-    _validate_priors(s.priors, s.sources, problems)
+    validate_priors(s.priors, s.sources, problems)
     _validate_ranges(s, problems)
     _check_bind("http.bind", s.http.bind, problems)
     _check_port("http.port", s.http.port, problems)
@@ -385,19 +374,6 @@ def _validate_delivery(d: DeliverySettings, problems: list[tuple[str, str]]) -> 
     for key in ("association_timeout_seconds", "dimse_timeout_seconds"):
         if not 0 < getattr(d, key) <= 3600:
             problems.append((f"delivery.{key}", "must be > 0 and <= 3600"))
-
-
-def _validate_priors(
-    p: PriorsSettings, sources: tuple[SourceConfig, ...], problems: list[tuple[str, str]]
-) -> None:
-    names = [src.name for src in sources]
-    if p.enabled and not p.source:
-        problems.append(
-            ("priors.source", "required when priors.enabled = true (a [[sources]] name)")
-        )
-    elif p.source and p.source not in names:
-        known = ", ".join(names) if names else "none is configured"
-        problems.append(("priors.source", f"no [[sources]] entry named {p.source!r} ({known})"))
 
 
 # (section, key, lowest, highest): numeric keys checked against an inclusive range.

@@ -147,3 +147,28 @@ def _timeouts(
             continue
         out[i] = float(value)
     return out[0], out[1]
+
+
+@dataclass(frozen=True)
+class PriorsSettings:
+    """Fetching a patient's earlier studies from a ``[[sources]]`` archive (issue 20)."""
+
+    enabled: bool = False
+    source: str = ""  # a [[sources]] name; required when enabled
+    lookback_years: int = 10
+    max_studies: int = 3
+    send_results: bool = False  # outputs for retrieved priors go to the destinations only when true
+
+
+def validate_priors(
+    p: PriorsSettings, sources: tuple[SourceConfig, ...], problems: list[tuple[str, str]]
+) -> None:
+    """``priors.source`` must name a configured source (and is required when enabled)."""
+    names = [src.name for src in sources]
+    if p.enabled and not p.source:
+        problems.append(
+            ("priors.source", "required when priors.enabled = true (a [[sources]] name)")
+        )
+    elif p.source and p.source not in names:
+        known = ", ".join(names) if names else "none is configured"
+        problems.append(("priors.source", f"no [[sources]] entry named {p.source!r} ({known})"))

@@ -4,9 +4,8 @@ C-FIND in the Study Root model at study, series and image level; retrieval by
 C-GET on the same association (we accept the C-STORE sub-operations as SCP,
 each instance written durably into the destination folder) or by C-MOVE to a
 named AE (the node's own, whose listener receives the instances; see
-:class:`~daemon.sources.base.MoveArrivals`). One association per call; every
-timeout comes from the source's configuration. Patient IDs appear only in
-DEBUG logs.
+:class:`~daemon.sources.base.MoveArrivals`). One association per call;
+timeouts from the source's configuration; patient IDs only in DEBUG logs.
 """
 
 from __future__ import annotations
