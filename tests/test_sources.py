@@ -7,6 +7,7 @@ pynetdicom Storage SCP started here (the node's listener takes that role later).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 import time
@@ -151,8 +152,23 @@ def patient_studies(archive: Archive, pid: str) -> list[str]:
     return [uid for _, uid in sorted(mine, reverse=True)]
 
 
-def test_echo_answers(source: Source) -> None:
-    source.echo()
+def test_echo_answers_and_a_wrong_address_does_not(
+    source: Source, archive: Archive, request: pytest.FixtureRequest
+) -> None:
+    source.echo()  # raises SourceError when the archive does not answer with Success
+    kind = request.node.callspec.params["source"]
+    wrong = config(kind, archive.orthanc)
+    wrong = (
+        dataclasses.replace(wrong, port=free_port())
+        if kind == "dicom"
+        else dataclasses.replace(wrong, url=wrong.url.rstrip("/") + "/no-such-service")
+    )
+    other = make_source(wrong, NODE_AE)
+    try:
+        with pytest.raises(SourceError):
+            other.echo()
+    finally:
+        other.close()
 
 
 def test_find_studies_gives_the_patients_studies_newest_first(
