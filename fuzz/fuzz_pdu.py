@@ -39,9 +39,10 @@ from daemon.dicom.dimse import (
 )
 from daemon.dicom.dimse_status import Status
 from daemon.dicom.file_meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from daemon.dicom.listener import abstract_syntaxes, decodable_transfer_syntaxes
+from daemon.dicom.listener import abstract_syntaxes
 from daemon.dicom.negotiation import AcceptorConfig, association_reject, context_results
 from daemon.dicom.storage import StoreOutcome
+from daemon.dicom.transfer_syntaxes import decodable_transfer_syntaxes
 from daemon.dicom.ul_pdu import (
     PDU_TYPES,
     AssociateRequest,

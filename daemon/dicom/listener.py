@@ -32,6 +32,7 @@ from daemon.dicom.association import (
 from daemon.dicom.negotiation import AcceptorConfig
 from daemon.dicom.pdu_io import PeerGone
 from daemon.dicom.storage import InstanceStore
+from daemon.dicom.transfer_syntaxes import decodable_transfer_syntaxes
 from daemon.dicom.ul_pdu import (
     PduType,
     PresentationRejectReason,
@@ -47,55 +48,7 @@ from daemon.settings import NodeSettings, TlsSettings
 log = logging.getLogger(__name__)
 
 PROCESSED_SOP_CLASSES = frozenset({MRImageStorage, EnhancedMRImageStorage, SegmentationStorage})
-UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
 EXTRA_REJECTORS = 4
-
-
-def decodable_transfer_syntaxes() -> frozenset[str]:
-    """Uncompressed plus every compressed syntax pydicom can decode here.
-
-    What we cannot decode is not negotiated (the sender then falls back to an
-    uncompressed syntax), so nothing is accepted that the worker cannot read.
-    Deflate is never negotiated (an unbounded inflate would be a bomb).
-    """
-    from pydicom.pixels.decoders.base import get_decoder
-    from pydicom.uid import (
-        HTJ2K,
-        JPEG2000,
-        HTJ2KLossless,
-        HTJ2KLosslessRPCL,
-        JPEG2000Lossless,
-        JPEGBaseline8Bit,
-        JPEGExtended12Bit,
-        JPEGLossless,
-        JPEGLosslessSV1,
-        JPEGLSLossless,
-        JPEGLSNearLossless,
-        RLELossless,
-    )
-
-    candidates = (
-        JPEGLosslessSV1,
-        JPEGLossless,
-        JPEGLSLossless,
-        JPEGLSNearLossless,
-        JPEG2000Lossless,
-        JPEG2000,
-        HTJ2KLossless,
-        HTJ2KLosslessRPCL,
-        HTJ2K,
-        RLELossless,
-        JPEGBaseline8Bit,
-        JPEGExtended12Bit,
-    )
-    usable = set(UNCOMPRESSED)
-    for uid in candidates:
-        try:
-            if get_decoder(uid).is_available:
-                usable.add(str(uid))
-        except (NotImplementedError, ValueError, KeyError):
-            continue
-    return frozenset(usable)
 
 
 def abstract_syntaxes(other_storage: str) -> frozenset[str]:

@@ -22,18 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
-    JPEG2000,
     ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
 )
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
@@ -49,6 +38,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.status import STATUS_PENDING, STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from daemon.dicom.dimse_status import Status
+from daemon.dicom.transfer_syntaxes import UNCOMPRESSED, decodable_compressed
 from daemon.errors import SourceError
 from daemon.intake.headers import HEADER_KEYWORDS
 from daemon.sources.base import (
@@ -73,20 +63,8 @@ log = logging.getLogger(__name__)
 # syntaxes offered for them: as stored by the archive where we can decode it (never
 # Deflated: FAULTS.md, no unbounded inflation).
 RETRIEVE_STORAGE_CLASSES = (MRImageStorage, EnhancedMRImageStorage)
-RETRIEVE_SYNTAXES = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPEGLosslessSV1,
-    JPEGLossless,
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    RLELossless,
-    JPEG2000,
-    JPEGLSNearLossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-)
+# Big endian too: an archive may still hold it (pydicom reads it).
+RETRIEVE_SYNTAXES = (*UNCOMPRESSED, ExplicitVRBigEndian, *decodable_compressed())
 
 
 class DicomSource:
